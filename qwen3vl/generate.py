@@ -7,7 +7,6 @@ reuse one compiled prefill and one compiled decoding step.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import logging
 import time
@@ -71,26 +70,34 @@ def stop_token_ids(checkpoint_dir: str | Path, tokenizer) -> tuple[int, ...]:
     return tuple(sorted(ids))
 
 
-@jax.jit
-def sample_tokens(logits_BV, key, temperature, top_k, top_p):
-    """Pick the next token of each row: argmax when temperature is 0, else filtered sampling.
-
-    Filters apply in the order temperature, top-k, top-p, as in transformers' generate.
-    """
-    greedy_B = jnp.argmax(logits_BV, axis=-1).astype(jnp.int32)
-    scaled = logits_BV / jnp.maximum(temperature, 1e-6)
+def _filtered_sample(logits_BV, key, temperature, top_k, top_p):
+    scaled = logits_BV / temperature
     order_BV = jnp.argsort(-scaled, axis=-1)
     sorted_BV = jnp.take_along_axis(scaled, order_BV, axis=-1)
     rank_V = jnp.arange(scaled.shape[-1])
     keep = (top_k <= 0) | (rank_V[None, :] < top_k)
     sorted_BV = jnp.where(keep, sorted_BV, -jnp.inf)
     probs = jax.nn.softmax(sorted_BV, axis=-1)
+    # Keep the smallest set of most likely tokens whose mass reaches top_p (at least one token).
     mass_before = jnp.cumsum(probs, axis=-1) - probs
     keep = keep & ((mass_before < top_p) | (rank_V[None, :] == 0))
     sorted_BV = jnp.where(keep, sorted_BV, -jnp.inf)
     choice_B = jax.random.categorical(key, sorted_BV, axis=-1)
-    sampled_B = jnp.take_along_axis(order_BV, choice_B[:, None], axis=-1)[:, 0].astype(jnp.int32)
-    return jnp.where(temperature > 0, sampled_B, greedy_B)
+    return jnp.take_along_axis(order_BV, choice_B[:, None], axis=-1)[:, 0].astype(jnp.int32)
+
+
+def _greedy(logits_BV, key, temperature, top_k, top_p):
+    return jnp.argmax(logits_BV, axis=-1).astype(jnp.int32)
+
+
+@jax.jit
+def sample_tokens(logits_BV, key, temperature, top_k, top_p):
+    """Pick the next token of each row: argmax when temperature is 0, else filtered sampling.
+
+    Filters apply in the order temperature, top-k, top-p, as in transformers' generate. The
+    sort over the vocabulary runs only when sampling.
+    """
+    return jax.lax.cond(temperature > 0, _filtered_sample, _greedy, logits_BV, key, temperature, top_k, top_p)
 
 
 def bucket(length: int) -> int:
@@ -103,13 +110,15 @@ class Generation:
     token_ids: list[int]  # generated ids, including the stop token when one ended generation
     stop_reason: str  # "stop_token" or "max_new_tokens"
     prompt_tokens: int
-    prefill_seconds: float
-    decode_seconds: float
+    prefill_seconds: float  # vision, prefill and the first token, compilation included
+    first_step_seconds: float  # the first decoding step, which compiles on a new shape
+    decode_seconds: float  # every later decoding step
 
     @property
     def decode_tokens_per_second(self) -> float:
-        steps = max(len(self.token_ids) - 1, 0)
-        return steps / self.decode_seconds if self.decode_seconds > 0 else float("nan")
+        """Steady decoding speed, leaving out the first step so that compilation does not count."""
+        steps = len(self.token_ids) - 2
+        return steps / self.decode_seconds if steps > 0 and self.decode_seconds > 0 else float("nan")
 
 
 def generate(
@@ -157,7 +166,7 @@ def generate(
 
     generated = [token]
     deltas = jnp.asarray(inputs.rope_deltas)
-    start = time.perf_counter()
+    step_seconds = []
     while True:
         if on_token is not None:
             on_token(token)
@@ -167,9 +176,11 @@ def generate(
         if len(generated) >= max_new_tokens:
             reason = "max_new_tokens"
             break
+        start = time.perf_counter()
         logits, cache = model.decode_step(params, jnp.asarray([token], jnp.int32), deltas, cache, config)
         key, step_key = jax.random.split(key)
         token = int(sample_tokens(logits, step_key, *settings)[0])
+        step_seconds.append(time.perf_counter() - start)
         generated.append(token)
-    decode_seconds = time.perf_counter() - start
-    return Generation(generated, reason, prompt_length, prefill_seconds, decode_seconds)
+    first_step = step_seconds[0] if step_seconds else 0.0
+    return Generation(generated, reason, prompt_length, prefill_seconds, first_step, sum(step_seconds[1:]))

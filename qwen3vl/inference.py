@@ -1,0 +1,138 @@
+"""The Python API: load a checkpoint once, then generate text for prompts with images.
+
+    from qwen3vl import Qwen3VL
+
+    vlm = Qwen3VL.from_pretrained("path/to/Qwen3-VL-2B-Instruct", dtype="bfloat16")
+    result = vlm.generate("Describe this image.", images=["photo.jpg"], max_new_tokens=64)
+    print(result.text)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import jax
+import PIL.Image
+
+from qwen3vl.config import ModelConfig
+from qwen3vl.generate import Generation, Sampling, generate, stop_token_ids
+from qwen3vl.processing import Processor, StreamDecoder, load_image
+from qwen3vl.weights import DTYPES, load_params
+
+logger = logging.getLogger(__name__)
+
+
+class CheckpointNotFoundError(FileNotFoundError):
+    """A --model value that is neither a local checkpoint directory nor a reachable Hub id."""
+
+
+def default_dtype() -> str:
+    """float32 on CPUs, which lack fast bfloat16 matrix units; bfloat16 on GPUs and TPUs."""
+    return "float32" if jax.default_backend() == "cpu" else "bfloat16"
+
+
+def resolve_checkpoint(model: str | os.PathLike) -> Path:
+    """Return a local checkpoint directory for a path or a HuggingFace Hub id like 'Qwen/Qwen3-VL-2B-Instruct'."""
+    path = Path(model).expanduser()
+    if path.is_dir():
+        return path
+    if path.exists():
+        raise CheckpointNotFoundError(f"{path} is a file; pass the checkpoint directory that contains config.json")
+    text = str(model)
+    if text.count("/") != 1 or text.startswith((".", "/", "~")):
+        raise CheckpointNotFoundError(f"checkpoint directory not found: {path}")
+    return _download(text)
+
+
+def _download(repo_id: str) -> Path:
+    try:
+        import huggingface_hub
+    except ImportError as error:
+        raise CheckpointNotFoundError(
+            f"{repo_id!r} is not a local directory, and downloading it from the Hub needs huggingface_hub: "
+            "pip install 'qwen3vl-jax[hub]', or download the checkpoint yourself and pass its directory"
+        ) from error
+    patterns = ["*.json", "*.safetensors", "*.jinja", "*.txt"]
+    try:
+        return Path(huggingface_hub.snapshot_download(repo_id, allow_patterns=patterns))
+    except Exception as error:  # the hub client raises many error types for offline and missing repos
+        raise CheckpointNotFoundError(
+            f"could not download {repo_id!r} from the HuggingFace Hub ({type(error).__name__}: {error}). "
+            "Check the id and your network connection, or pass a local checkpoint directory"
+        ) from error
+
+
+@dataclasses.dataclass
+class Result:
+    text: str
+    generation: Generation
+
+    @property
+    def token_ids(self) -> list[int]:
+        return self.generation.token_ids
+
+
+class Qwen3VL:
+    """A loaded checkpoint: config, parameters on the default device, processor and stop ids."""
+
+    def __init__(self, checkpoint_dir: Path, config: ModelConfig, params, processor: Processor, dtype: str):
+        self.checkpoint_dir = checkpoint_dir
+        self.config = config
+        self.params = params
+        self.processor = processor
+        self.dtype = dtype
+        self.stop_ids = stop_token_ids(checkpoint_dir, processor.tokenizer)
+
+    @classmethod
+    def from_pretrained(cls, model: str | os.PathLike, dtype: str | None = None,
+                        progress: Callable[[int, int], None] | None = None) -> Qwen3VL:
+        """Load a checkpoint directory (or Hub id) with weights cast to `dtype` (default: default_dtype())."""
+        dtype = dtype or default_dtype()
+        if dtype not in DTYPES:
+            raise ValueError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
+        checkpoint_dir = resolve_checkpoint(model)
+        config = ModelConfig.from_dir(checkpoint_dir)
+        processor = Processor.from_dir(checkpoint_dir)
+        params = load_params(checkpoint_dir, config, dtype, progress)
+        return cls(checkpoint_dir, config, params, processor, dtype)
+
+    def generate(
+        self,
+        prompt: str,
+        images: Sequence[str | os.PathLike | PIL.Image.Image] = (),
+        system: str | None = None,
+        max_new_tokens: int = 128,
+        sampling: Sampling | None = None,
+        on_text: Callable[[str], None] | None = None,
+    ) -> Result:
+        """Answer one user turn; `on_text` receives the answer piece by piece as it is generated."""
+        if not prompt.strip():
+            raise ValueError("the prompt is empty; pass the question or instruction as text")
+        pictures = [image if isinstance(image, PIL.Image.Image) else load_image(image) for image in images]
+        inputs = self.processor(prompt, pictures, system=system)
+        sampling = sampling or Sampling.from_generation_config(self.checkpoint_dir)
+
+        decoder = StreamDecoder(self.processor.tokenizer)
+        pieces = []
+
+        def on_token(token_id: int) -> None:
+            piece = decoder.push(token_id)
+            if piece:
+                pieces.append(piece)
+                if on_text is not None:
+                    on_text(piece)
+
+        generation = generate(
+            self.params, self.config, inputs.input_ids, inputs.token_types, inputs.pixel_values,
+            inputs.image_grid_thw, max_new_tokens, sampling, self.stop_ids, on_token,
+        )
+        tail = decoder.flush()
+        if tail:
+            pieces.append(tail)
+            if on_text is not None:
+                on_text(tail)
+        return Result("".join(pieces), generation)
