@@ -102,15 +102,17 @@ def prefill(params, input_ids_BS, positions_3BS, visual_index_BS, visual_ME, dee
         text_params, x_BSE, cos, sin, cache, starts_B, deepstack_LBSE, text_config, capture
     )
     last_BE = hidden_BSE[jnp.arange(hidden_BSE.shape[0]), last_index_B]
-    logits_BV, normed_BE = text.logits(text_params, last_BE, text_config)
+    logits_BV, _ = text.logits(text_params, last_BE, text_config)
     cache = dataclasses.replace(cache, lengths=last_index_B + 1)
 
     captured = {}
     if capture:
-        captured["text.embeds"] = x_BSE
+        captured["text.input_embeds"] = x_BSE
         for i in range(text_config.num_hidden_layers):
             captured[f"text.layer.{i}"] = layer_outputs[i]
-        captured["text.final_norm"] = normed_BE
+        all_logits_BSV, all_normed_BSE = text.logits(text_params, hidden_BSE, text_config)
+        captured["text.final_norm"] = all_normed_BSE
+        captured["text.logits"] = all_logits_BSV
     return logits_BV, cache, captured
 
 

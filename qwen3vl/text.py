@@ -106,11 +106,15 @@ def forward_layers(params, x_BSE, cos_BSK, sin_BSK, cache: KVCache, starts_B, de
     return x_BSE, cache, layer_outputs
 
 
-def logits(params, x_BE, config: TextConfig):
-    """Final RMSNorm and lm_head (tied to the embedding when the checkpoint has no lm_head)."""
-    normed_BE = rms_norm(x_BE, params["final_norm"], config.rms_norm_eps)
+def logits(params, x_E, config: TextConfig):
+    """Final RMSNorm and lm_head (tied to the embedding when the checkpoint has no lm_head).
+
+    Takes hidden states of any leading shape (..., E); returns float32 logits (..., V) and the
+    normalised hidden states.
+    """
+    normed_E = rms_norm(x_E, params["final_norm"], config.rms_norm_eps)
     if "lm_head" in params:
-        out_BV = normed_BE @ params["lm_head"]
+        out_V = normed_E @ params["lm_head"]
     else:
-        out_BV = jnp.einsum("BE,VE->BV", normed_BE, params["embed"])
-    return out_BV.astype(jnp.float32), normed_BE
+        out_V = jnp.einsum("...E,VE->...V", normed_E, params["embed"])
+    return out_V.astype(jnp.float32), normed_E

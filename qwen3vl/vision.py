@@ -148,12 +148,15 @@ def merge_patches(merger, x_ND, config: VisionConfig, norm_after_merge: bool):
     return hidden @ merger["fc2"]["kernel"] + merger["fc2"]["bias"]
 
 
-def embed_patches(params, pixel_values_NC, taps_N4, tap_weights_N4, dtype):
-    """Patch embed plus the bilinearly resampled learned position table."""
-    x_ND = pixel_values_NC.astype(dtype) @ params["patch_embed"]["kernel"] + params["patch_embed"]["bias"]
+def embed_patches(params, pixel_values_NC, dtype):
+    """Patch embed: the Conv3d with kernel = stride = patch size, written as one matmul."""
+    return pixel_values_NC.astype(dtype) @ params["patch_embed"]["kernel"] + params["patch_embed"]["bias"]
+
+
+def resample_position_table(params, taps_N4, tap_weights_N4):
+    """Bilinearly resample the learned position table to each patch, in float32: (N, D)."""
     table = params["pos_embed"][taps_N4].astype(jnp.float32)  # (N, 4, D)
-    position_ND = jnp.einsum("NTD,NT->ND", table, tap_weights_N4)
-    return x_ND + position_ND.astype(dtype)
+    return jnp.einsum("NTD,NT->ND", table, tap_weights_N4)
 
 
 @functools.partial(jax.jit, static_argnames=("config", "capture"))
@@ -166,9 +169,12 @@ def encode(params, pixel_values_NC, taps_N4, tap_weights_N4, rotary_positions_N2
     """
     dtype = params["patch_embed"]["kernel"].dtype
     captured = {}
-    x_ND = embed_patches(params, pixel_values_NC, taps_N4, tap_weights_N4, dtype)
+    patches_ND = embed_patches(params, pixel_values_NC, dtype)
+    position_ND = resample_position_table(params, taps_N4, tap_weights_N4)
+    x_ND = patches_ND + position_ND.astype(dtype)
     if capture:
-        captured["vision.embed"] = x_ND
+        captured["vision.patch_embed"] = patches_ND
+        captured["vision.pos_embed"] = position_ND
     cos_NK, sin_NK = vision_cos_sin(rotary_positions_N2, config.head_dim, config.rope_theta)
     same_frame_NN = segments_N[:, None] == segments_N[None, :]
 
@@ -195,4 +201,8 @@ def encode(params, pixel_values_NC, taps_N4, tap_weights_N4, rotary_positions_N2
     deepstack_LME = jax.vmap(lambda merger, x: merge_patches(merger, x, config, norm_after_merge=True))(
         params["deepstack"], taps_LND
     )
+    if capture:
+        captured["vision.merger"] = merged_ME
+        for level in range(deepstack_LME.shape[0]):
+            captured[f"vision.deepstack.{level}"] = deepstack_LME[level]
     return merged_ME, deepstack_LME, captured
