@@ -106,7 +106,8 @@ class ModelConfig:
             )
         text_raw = _require(raw, "text_config", source)
         vision_raw = _require(raw, "vision_config", source)
-        tie = raw.get("tie_word_embeddings", text_raw.get("tie_word_embeddings", False))
+        # transformers reads only the top-level flag; a text_config copy of it is ignored there too.
+        tie = raw.get("tie_word_embeddings", False)
         return cls(
             text=_parse_text(text_raw, f"{source} text_config"),
             vision=_parse_vision(vision_raw, f"{source} vision_config"),
@@ -146,7 +147,7 @@ def _parse_text(text_raw: dict[str, Any], source: str) -> TextConfig:
     theta, section = _rope_settings(text_raw, source)
     heads = _require(text_raw, "num_attention_heads", source)
     hidden = _require(text_raw, "hidden_size", source)
-    head_dim = text_raw.get("head_dim") or hidden // heads
+    head_dim = text_raw.get("head_dim", 128)  # transformers' Qwen3VLTextConfig default
     if sum(section) != head_dim // 2:
         raise ConfigError(
             f"{source}: mrope_section {list(section)} sums to {sum(section)}, "

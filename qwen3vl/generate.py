@@ -51,11 +51,9 @@ class Sampling:
         if path.is_file():
             raw = json.loads(path.read_text())
             if raw.get("do_sample"):
-                settings = {
-                    "temperature": raw.get("temperature", 1.0),
-                    "top_k": raw.get("top_k", 0) or 0,
-                    "top_p": raw.get("top_p", 1.0),
-                }
+                # Fields that are absent or null take transformers' generate defaults.
+                defaults = {"temperature": 1.0, "top_k": 50, "top_p": 1.0}
+                settings = {name: default if raw.get(name) is None else raw[name] for name, default in defaults.items()}
         settings.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**settings)
 
