@@ -32,5 +32,8 @@ demo: $(FIXTURES)
 test: $(VENV)/.test $(FIXTURES)
 	$(PY) -m pytest -q
 
+parity: $(VENV)/.test $(FIXTURES)
+	$(PY) -m parity --json parity-report.json
+
 clean:
 	rm -rf fixtures/build

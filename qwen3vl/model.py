@@ -116,14 +116,23 @@ def prefill(params, input_ids_BS, positions_3BS, visual_index_BS, visual_ME, dee
     return logits_BV, cache, captured
 
 
+def decode_positions(lengths_B, rope_deltas_B):
+    """Return the mRoPE position ids (3, B, 1) of the next token of each row.
+
+    Tokens after the prompt are text, so all three rows share one position: the cache length
+    plus the prompt's rope delta.
+    """
+    positions_B = lengths_B + rope_deltas_B
+    return jnp.broadcast_to(positions_B[None, :, None], (3, positions_B.shape[0], 1))
+
+
 @functools.partial(jax.jit, static_argnames=("config",), donate_argnames=("cache",))
 def decode_step(params, tokens_B, rope_deltas_B, cache: KVCache, config: ModelConfig):
     """Feed one token per row at each row's cache length; returns logits (B, V) and the cache."""
     text_config = config.text
     text_params = params["text"]
     x_B1E = text_params["embed"][tokens_B][:, None]
-    # Text tokens after the prompt sit at cache length + rope delta on all three mRoPE rows.
-    positions_3B1 = jnp.broadcast_to((cache.lengths + rope_deltas_B)[None, :, None], (3, tokens_B.shape[0], 1))
+    positions_3B1 = decode_positions(cache.lengths, rope_deltas_B)
     cos, sin = text_cos_sin(positions_3B1, text_config.head_dim, text_config.rope_theta,
                             text_config.mrope_section, x_B1E.dtype)
     hidden_B1E, cache, _ = text.forward_layers(

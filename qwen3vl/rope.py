@@ -117,7 +117,7 @@ def text_cos_sin(positions, head_dim: int, theta: float, mrope_section: tuple[in
     rows = mrope_slot_rows(head_dim, mrope_section)
     freqs = jnp.take_along_axis(freqs, jnp.asarray(rows)[None, None, None, :], axis=0)[0]
     freqs = jnp.concatenate([freqs, freqs], axis=-1)
-    # The reference casts the tables to the activation dtype before applying them.
+    # transformers casts the tables to the activation dtype before applying them.
     return jnp.cos(freqs).astype(dtype), jnp.sin(freqs).astype(dtype)
 
 

@@ -23,7 +23,7 @@ from qwen3vl.rope import apply_rotary
 
 
 def rms_norm(x, scale, eps):
-    """RMSNorm in float32; the result is cast back before the scale, as the reference does."""
+    """RMSNorm in float32; the result is cast back before the scale, as transformers does."""
     x32 = x.astype(jnp.float32)
     normed = x32 * jax.lax.rsqrt(jnp.square(x32).mean(-1, keepdims=True) + eps)
     return scale * normed.astype(x.dtype)

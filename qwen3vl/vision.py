@@ -54,10 +54,10 @@ def bilinear_taps(index: np.ndarray, size: int, side: int) -> tuple[np.ndarray, 
     """Return the 2 source taps and weights that resample a `side`-long axis to `size` points.
 
     align_corners=True: target point i maps to source i * (side - 1) / (size - 1), so the
-    end points land exactly on the first and last table entries. Computed in float32 like the
-    reference so that the weights agree bit for bit.
+    end points land exactly on the first and last table entries. Computed in float32 like
+    transformers so that the weights agree bit for bit.
     """
-    # Same operation order as the reference: (index * (side - 1)) / (size - 1).
+    # Same operation order as transformers: (index * (side - 1)) / (size - 1).
     source = index.astype(np.float32) * np.float32(side - 1) / np.float32(max(size - 1, 1))
     lower = np.floor(source)
     fraction = (source - lower).astype(np.float32)
@@ -110,7 +110,7 @@ def _attention(block, x_ND, cos_NK, sin_NK, same_frame_NN, config: VisionConfig)
     qkv = jnp.einsum("ND,DTHK->TNHK", x_ND, block["qkv"]["kernel"]) + block["qkv"]["bias"][:, None]
     q_NHK, k_NHK, v_NHK = qkv[0], qkv[1], qkv[2]
 
-    # Rotation in float32 for every compute dtype, as the reference does.
+    # Rotation in float32 for every compute dtype, as transformers does.
     q_NHK = apply_rotary(q_NHK.astype(jnp.float32), cos_NK, sin_NK).astype(x_ND.dtype)
     k_NHK = apply_rotary(k_NHK.astype(jnp.float32), cos_NK, sin_NK).astype(x_ND.dtype)
 

@@ -1,0 +1,1 @@
+"""Layer-by-layer parity of qwen3vl against HuggingFace transformers, with a tolerance report."""
