@@ -93,16 +93,26 @@ class ModelConfig:
         try:
             raw = json.loads(path.read_text())
         except json.JSONDecodeError as error:
-            raise ConfigError(f"{path} is not valid JSON: {error}") from error
+            raise ConfigError(
+                f"{path} is not valid JSON: {error}; download the checkpoint's config.json again"
+            ) from error
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{path} must contain a JSON object, got a {type(raw).__name__}")
         return cls.from_hf_dict(raw, source=str(path))
 
     @classmethod
     def from_hf_dict(cls, raw: dict[str, Any], source: str = "config") -> ModelConfig:
         model_type = raw.get("model_type")
+        if model_type is None:
+            raise ConfigError(
+                f"{source} has no model_type; pass a Qwen3-VL checkpoint, whose config.json "
+                f"sets model_type to {', '.join(SUPPORTED_MODEL_TYPES)}"
+            )
         if model_type not in SUPPORTED_MODEL_TYPES:
             raise ConfigError(
                 f"{source}: model_type {model_type!r} is not supported; this library runs "
-                f"{', '.join(SUPPORTED_MODEL_TYPES)} checkpoints (Qwen3-VL dense models)"
+                f"{', '.join(SUPPORTED_MODEL_TYPES)} checkpoints (Qwen3-VL dense models, not MoE), "
+                "so pass a Qwen3-VL 2B, 4B, 8B or 32B checkpoint"
             )
         text_raw = _require(raw, "text_config", source)
         vision_raw = _require(raw, "vision_config", source)

@@ -119,6 +119,26 @@ class Generation:
         return steps / self.decode_seconds if steps > 0 and self.decode_seconds > 0 else float("nan")
 
 
+def check_max_new_tokens(max_new_tokens) -> None:
+    """Raise ValueError unless `max_new_tokens` is a positive integer."""
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, (int, np.integer)):
+        raise ValueError(f"max_new_tokens must be an integer, got {max_new_tokens!r}")
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
+
+
+def check_context_length(prompt_length: int, visual_tokens: int, max_new_tokens: int, config: ModelConfig) -> None:
+    """Raise ValueError when the prompt and the new tokens do not fit in the model's positions."""
+    limit = config.text.max_position_embeddings
+    if prompt_length + max_new_tokens <= limit:
+        return
+    raise ValueError(
+        f"the prompt has {prompt_length} tokens ({visual_tokens} of them for images), and with "
+        f"max_new_tokens={max_new_tokens} that is {prompt_length + max_new_tokens} positions, more than the "
+        f"model's context of {limit}; shorten the prompt, use smaller images or lower max_new_tokens"
+    )
+
+
 def generate(
     params,
     config: ModelConfig,
@@ -131,17 +151,16 @@ def generate(
     stop_ids: tuple[int, ...] = (),
     on_token: Callable[[int], None] | None = None,
 ) -> Generation:
-    """Generate up to `max_new_tokens` tokens for one prompt; `on_token` receives each new id."""
-    if max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
+    """Generate up to `max_new_tokens` tokens for one prompt; `on_token` receives each new id.
+
+    The arguments are checked before the vision tower or any compilation runs.
+    """
+    check_max_new_tokens(max_new_tokens)
     prompt_length = len(input_ids)
+    if prompt_length == 0:
+        raise ValueError("input_ids is empty; the prompt must have at least one token")
+    check_context_length(prompt_length, int(np.sum(token_types != 0)), max_new_tokens, config)
     capacity = bucket(prompt_length + max_new_tokens)
-    if prompt_length + max_new_tokens > config.text.max_position_embeddings:
-        raise ValueError(
-            f"the prompt has {prompt_length} tokens; with max_new_tokens={max_new_tokens} that exceeds "
-            f"the model's context of {config.text.max_position_embeddings} tokens; shorten the prompt, "
-            "use a smaller image or lower max_new_tokens"
-        )
     dtype = params["text"]["embed"].dtype
 
     start = time.perf_counter()

@@ -19,8 +19,8 @@ import jax
 import PIL.Image
 
 from qwen3vl.config import ModelConfig
-from qwen3vl.generate import Generation, Sampling, generate, stop_token_ids
-from qwen3vl.processing import Processor, StreamDecoder, load_image
+from qwen3vl.generate import Generation, Sampling, check_max_new_tokens, generate, stop_token_ids
+from qwen3vl.processing import Processor, StreamDecoder, check_aspect_ratio, load_image
 from qwen3vl.weights import DTYPES, load_params
 
 logger = logging.getLogger(__name__)
@@ -44,26 +44,55 @@ def resolve_checkpoint(model: str | os.PathLike) -> Path:
         raise CheckpointNotFoundError(f"{path} is a file; pass the checkpoint directory that contains config.json")
     text = str(model)
     if text.count("/") != 1 or text.startswith((".", "/", "~")):
-        raise CheckpointNotFoundError(f"checkpoint directory not found: {path}")
+        raise CheckpointNotFoundError(
+            f"checkpoint directory not found: {path}; pass a directory that contains config.json, "
+            "or a Hub id such as Qwen/Qwen3-VL-2B-Instruct"
+        )
     return _download(text)
 
 
 def _download(repo_id: str) -> Path:
     try:
         import huggingface_hub
+        import huggingface_hub.constants
+        import huggingface_hub.errors as hub_errors
     except ImportError as error:
         raise CheckpointNotFoundError(
             f"{repo_id!r} is not a local directory, and downloading it from the Hub needs huggingface_hub: "
             "pip install 'qwen3vl-jax[hub]', or download the checkpoint yourself and pass its directory"
         ) from error
     patterns = ["*.json", "*.safetensors", "*.jinja", "*.txt"]
+    not_local = f"{repo_id!r} is not a local directory"
     try:
         return Path(huggingface_hub.snapshot_download(repo_id, allow_patterns=patterns))
-    except Exception as error:  # the hub client raises many error types for offline and missing repos
+    except hub_errors.LocalEntryNotFoundError as error:
+        # Raised both with HF_HUB_OFFLINE=1 and when the Hub cannot be reached.
+        reason = ("downloads are off (HF_HUB_OFFLINE=1)" if huggingface_hub.constants.HF_HUB_OFFLINE
+                  else "the HuggingFace Hub cannot be reached")
         raise CheckpointNotFoundError(
-            f"could not download {repo_id!r} from the HuggingFace Hub ({type(error).__name__}: {error}). "
-            "Check the id and your network connection, or pass a local checkpoint directory"
+            f"{not_local}, {reason}, and the Hub cache has no copy of it; pass a local checkpoint "
+            "directory, or download it on a machine with network access"
         ) from error
+    except hub_errors.RepositoryNotFoundError as error:  # also gated and private repositories
+        raise CheckpointNotFoundError(
+            f"{not_local}, and the HuggingFace Hub has no repository {repo_id!r} that you can access; "
+            "check the id, or log in with `hf auth login` for a gated or private repository"
+        ) from error
+    except (hub_errors.HfHubHTTPError, OSError) as error:
+        raise CheckpointNotFoundError(
+            f"{not_local}, and downloading it from the HuggingFace Hub failed ({type(error).__name__}: "
+            f"{error}); check the id and the network connection, or pass a local checkpoint directory"
+        ) from error
+
+
+def _prepare_image(image: str | os.PathLike | PIL.Image.Image, index: int) -> PIL.Image.Image:
+    """Load an image path, or check an image already in memory, so that bad input fails before the model runs."""
+    if isinstance(image, PIL.Image.Image):
+        check_aspect_ratio(image.size, f"images[{index}]")
+        return image
+    if not isinstance(image, (str, os.PathLike)):
+        raise TypeError(f"images[{index}] is a {type(image).__name__}; pass a file path or a PIL.Image.Image")
+    return load_image(image)
 
 
 @dataclasses.dataclass
@@ -109,10 +138,16 @@ class Qwen3VL:
         sampling: Sampling | None = None,
         on_text: Callable[[str], None] | None = None,
     ) -> Result:
-        """Answer one user turn; `on_text` receives the answer piece by piece as it is generated."""
-        if not prompt.strip():
-            raise ValueError("the prompt is empty; pass the question or instruction as text")
-        pictures = [image if isinstance(image, PIL.Image.Image) else load_image(image) for image in images]
+        """Answer one user turn; `on_text` receives the answer piece by piece as it is generated.
+
+        Raises FileNotFoundError or ImageError for a bad image, and ValueError for an empty prompt,
+        bad settings or a prompt that does not fit the model's context. All of these are raised
+        before the model runs.
+        """
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise ValueError(f"the prompt is empty ({prompt!r}); pass the question or instruction as text")
+        check_max_new_tokens(max_new_tokens)
+        pictures = [_prepare_image(image, index) for index, image in enumerate(images)]
         inputs = self.processor(prompt, pictures, system=system)
         sampling = sampling or Sampling.from_generation_config(self.checkpoint_dir)
 

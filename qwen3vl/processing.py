@@ -21,6 +21,7 @@ import json
 import logging
 import math
 import os
+import warnings
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
@@ -103,7 +104,12 @@ class ImageProcessorConfig:
         path = Path(checkpoint_dir) / "preprocessor_config.json"
         if not path.is_file():
             raise FileNotFoundError(f"preprocessor_config.json not found in {checkpoint_dir}")
-        raw = json.loads(path.read_text(encoding="utf-8"))
+        try:
+            raw = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{path} is not valid JSON ({error}); download the checkpoint's file again") from error
+        if not isinstance(raw, dict):
+            raise ValueError(f"{path} must contain a JSON object, got a {type(raw).__name__}")
         _reject_unsupported_steps(raw, path)
 
         defaults = cls()
@@ -137,28 +143,85 @@ def _reject_unsupported_steps(raw: Mapping, path: Path) -> None:
         raise ValueError(f"{path} sets resample={resample!r}; only BICUBIC ({PIL_BICUBIC}) is supported")
 
 
+class ImageError(ValueError):
+    """An image file that cannot be decoded, or whose size the preprocessing rejects."""
+
+
 def load_image(path: str | os.PathLike) -> PIL.Image.Image:
     """Read an image file the way `transformers.image_utils.load_image` does.
 
     Applies the EXIF orientation, then Pillow's convert("RGB"). As in HF, that conversion drops
     an alpha channel instead of compositing it. Pillow keeps a palette or grey-level
     transparency key in `info`, so preprocess_images later paints those pixels white, as HF does.
-    Animated files contribute their first frame only.
+    Animated files contribute their first frame only, with a logged warning.
+
+    Raises FileNotFoundError for a missing file and ImageError for an empty, unreadable,
+    truncated or oversized file, or an aspect ratio above 200 (which HF's preprocessing also
+    rejects).
+
+    NOTE: HF only warns for an image between PIL.Image.MAX_IMAGE_PIXELS (89,478,485 by default)
+    and twice that, and decodes it. This function rejects it, because decoding and resizing such
+    an image took 2.1 GB of peak host memory for 10000x10000 pixels, and the model only
+    receives max_pixels.
     """
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"image file not found: {path}")
+    if path.is_dir():
+        raise ImageError(f"image path {path} is a directory, not a regular file; pass the path of an image file")
     if not path.is_file():
-        raise ValueError(f"{path} is not a regular file; pass the path of an image file")
+        raise ImageError(f"image path {path} is not a regular file; pass the path of an image file")
+    if path.stat().st_size == 0:
+        raise ImageError(f"image file {path} is empty (0 bytes); pass a complete image file")
 
+    with open(path, "rb") as handle:
+        image = _decode_first_frame(handle, path)
+    check_aspect_ratio(image.size, str(path))
+    return image
+
+
+def _decode_first_frame(handle, path: Path) -> PIL.Image.Image:
+    """Decode an open image file to RGB with its EXIF orientation applied, translating Pillow's errors."""
     try:
-        with PIL.Image.open(path) as image:
-            if getattr(image, "n_frames", 1) > 1:
-                logger.warning("%s has %d frames; only the first frame is used", path, image.n_frames)
-            # convert() decodes the pixels, so truncated or corrupt data fails inside this block.
-            return PIL.ImageOps.exif_transpose(image).convert("RGB")
-    except OSError as err:  # PIL.UnidentifiedImageError is an OSError too
-        raise ValueError(f"cannot read image {path}: {err}") from err
+        with warnings.catch_warnings():
+            # Pillow warns above MAX_IMAGE_PIXELS and raises above twice that. Both are rejected.
+            warnings.simplefilter("error", PIL.Image.DecompressionBombWarning)
+            image = PIL.Image.open(handle)
+        if getattr(image, "n_frames", 1) > 1:
+            logger.warning("%s has %d frames; only the first frame is used", path, image.n_frames)
+        # convert() decodes the pixels, so truncated or corrupt data fails here.
+        return PIL.ImageOps.exif_transpose(image).convert("RGB")
+    except (PIL.Image.DecompressionBombWarning, PIL.Image.DecompressionBombError) as error:
+        raise ImageError(
+            f"image {path} is too large to decode safely ({error}); downscale it first, for example to "
+            "at most 4096 pixels on each side"
+        ) from error
+    except PIL.UnidentifiedImageError as error:
+        raise ImageError(
+            f"{path} is not an image that Pillow can read; pass a PNG, JPEG, GIF, WebP or other image file"
+        ) from error
+    except (OSError, SyntaxError, ValueError, EOFError) as error:  # what Pillow's decoders raise on bad data
+        raise ImageError(
+            f"cannot decode image {path} (Pillow: {error}); the file is damaged or incomplete, "
+            "so export or download it again"
+        ) from error
+
+
+def check_aspect_ratio(size: tuple[int, int], source: str) -> None:
+    """Raise ImageError for an empty image or one whose sides differ by more than MAX_ASPECT_RATIO.
+
+    `size` is (width, height) as Pillow gives it, and `source` names the image in the message.
+    HF's smart_resize raises for the same images, but only later and without naming them.
+    """
+    width, height = size
+    if width <= 0 or height <= 0:
+        raise ImageError(f"image {source} is {width}x{height} pixels; both sides must be positive")
+    aspect_ratio = max(width, height) / min(width, height)
+    if aspect_ratio > MAX_ASPECT_RATIO:
+        raise ImageError(
+            f"image {source} is {width}x{height} pixels, an aspect ratio of {aspect_ratio:.1f}; Qwen3-VL's "
+            f"preprocessing accepts at most {MAX_ASPECT_RATIO}, so crop or pad the image to a squarer shape"
+        )
 
 
 def smart_resize(height: int, width: int, factor: int, min_pixels: int, max_pixels: int) -> tuple[int, int]:
@@ -283,8 +346,15 @@ class Tokenizer:
     def from_dir(cls, checkpoint_dir: str | os.PathLike) -> Tokenizer:
         path = Path(checkpoint_dir) / "tokenizer.json"
         if not path.is_file():
-            raise FileNotFoundError(f"tokenizer.json not found in {checkpoint_dir}")
-        return cls(tokenizers.Tokenizer.from_file(str(path)))
+            raise FileNotFoundError(
+                f"tokenizer.json not found in {checkpoint_dir}; copy it from the checkpoint's Hub repository, "
+                "since this library reads only the fast-tokenizer file"
+            )
+        try:
+            backend = tokenizers.Tokenizer.from_file(str(path))
+        except Exception as error:  # the tokenizers library raises plain Exception for a malformed file
+            raise ValueError(f"cannot parse {path}: {error}; download the checkpoint's tokenizer.json again") from error
+        return cls(backend)
 
     @property
     def vocab_size(self) -> int:

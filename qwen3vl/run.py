@@ -1,20 +1,31 @@
 """Command line: python -m qwen3vl.run --model DIR --image PATH --prompt TEXT.
 
-The answer streams to stdout; progress, timings and errors go to stderr. Exit status: 0 on
-success, 1 on a runtime error (bad checkpoint, unreadable image, ...), 2 on a usage error.
+The answer streams to stdout, and progress, timings, warnings and errors go to stderr. With
+--json, stdout receives one JSON object after generation instead, and stderr only warnings and
+errors. Exit status: 0 on success, 1 on a runtime error (bad image, bad checkpoint, a prompt too
+long for the model, ...), 2 on a usage error (invalid option values), 130 on Ctrl-C. An error is
+one message on stderr, and its traceback is printed only with --debug. On an error, stdout
+stays empty, in --json mode too.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import logging
+import math
 import sys
 import time
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+EXIT_RUNTIME_ERROR = 1
+EXIT_INTERRUPTED = 130
+
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Parse and check the options; argparse exits with status 2 on a usage error."""
     parser = argparse.ArgumentParser(
         prog="python -m qwen3vl.run",
         description="Generate text from a Qwen3-VL checkpoint for a prompt and optional images.",
@@ -34,24 +45,29 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0, help="random seed for sampling")
     parser.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default=None,
                         help="compute dtype (default: float32 on CPU, bfloat16 on GPU and TPU)")
+    parser.add_argument("--json", action="store_true",
+                        help="print one JSON object with the generated text, token ids and timings instead of streaming")
     parser.add_argument("--debug", action="store_true", help="show the full traceback on errors")
     args = parser.parse_args(argv)
     if args.max_new_tokens < 1:
         parser.error(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}")
-    if args.temperature is not None and args.temperature < 0:
-        parser.error(f"--temperature must be >= 0 (0 means greedy), got {args.temperature}")
+    # The negated comparisons also reject nan, which compares false with everything.
+    if args.temperature is not None and not (args.temperature >= 0 and math.isfinite(args.temperature)):
+        parser.error(f"--temperature must be >= 0 and finite (0 means greedy), got {args.temperature}")
     if args.top_k is not None and args.top_k < 0:
         parser.error(f"--top-k must be >= 0, got {args.top_k}")
     if args.top_p is not None and not 0 < args.top_p <= 1:
         parser.error(f"--top-p must be in (0, 1], got {args.top_p}")
     if not args.prompt.strip():
-        parser.error("--prompt is empty")
+        parser.error("--prompt is empty; pass the question or instruction as text")
     return args
 
 
 def _load(args, console: Console):
     from qwen3vl.inference import Qwen3VL
 
+    if args.json:
+        return Qwen3VL.from_pretrained(args.model, dtype=args.dtype)
     columns = (TextColumn("loading weights"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, console=console, transient=True) as progress:
         task = progress.add_task("load", total=None)
@@ -62,13 +78,38 @@ def _load(args, console: Console):
         return Qwen3VL.from_pretrained(args.model, dtype=args.dtype, progress=update)
 
 
+def _json_report(result, load_seconds: float) -> dict:
+    """Collect the fields of the --json output. JSON has no NaN, so a speed that was not measured is null."""
+    generation = result.generation
+    speed = generation.decode_tokens_per_second
+    return {
+        "text": result.text,
+        "token_ids": generation.token_ids,
+        "stop_reason": generation.stop_reason,
+        "prompt_tokens": generation.prompt_tokens,
+        "generated_tokens": len(generation.token_ids),
+        "timings": {
+            "load_seconds": load_seconds,
+            "prefill_seconds": generation.prefill_seconds,
+            "first_step_seconds": generation.first_step_seconds,
+            "decode_seconds": generation.decode_seconds,
+        },
+        "decode_tokens_per_second": speed if math.isfinite(speed) else None,
+    }
+
+
 def run(args: argparse.Namespace) -> int:
     from qwen3vl.generate import Sampling
+    from qwen3vl.processing import load_image
 
-    console = Console(stderr=True)
+    console = Console(stderr=True, quiet=args.json)
+    # Images load first: a bad file then fails in milliseconds instead of after the checkpoint.
+    images = [load_image(path) for path in args.image]
+
     start = time.perf_counter()
     vlm = _load(args, console)
-    console.print(f"loaded {vlm.checkpoint_dir} as {vlm.dtype} in {time.perf_counter() - start:.1f} s", soft_wrap=True)
+    load_seconds = time.perf_counter() - start
+    console.print(f"loaded {vlm.checkpoint_dir} as {vlm.dtype} in {load_seconds:.1f} s", soft_wrap=True)
 
     sampling = Sampling.from_generation_config(
         vlm.checkpoint_dir, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed
@@ -78,8 +119,12 @@ def run(args: argparse.Namespace) -> int:
         sys.stdout.write(piece)
         sys.stdout.flush()
 
-    result = vlm.generate(args.prompt, images=args.image, system=args.system,
-                          max_new_tokens=args.max_new_tokens, sampling=sampling, on_text=write)
+    result = vlm.generate(args.prompt, images=images, system=args.system, max_new_tokens=args.max_new_tokens,
+                          sampling=sampling, on_text=None if args.json else write)
+    if args.json:
+        print(json.dumps(_json_report(result, load_seconds), ensure_ascii=False))
+        return 0
+
     sys.stdout.write("\n")
     generation = result.generation
     console.print(
@@ -91,18 +136,35 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _configure_logging() -> None:
+    """Send warnings (an animated image, a JAX backend notice) to stderr as one line each.
+
+    basicConfig does nothing when the root logger already has handlers, for example under pytest.
+    """
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
+    logging.basicConfig(level=logging.WARNING, handlers=[handler])
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    _configure_logging()
     try:
         return run(args)
-    except (OSError, ValueError) as error:  # our loaders raise these with a message for the user
+    except (OSError, ValueError) as error:  # the library raises these with a message for the user
         if args.debug:
             raise
         print(f"error: {error}", file=sys.stderr)
-        return 1
+        return EXIT_RUNTIME_ERROR
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
+    except Exception as error:  # a bug or an error type the library does not translate
+        if args.debug:
+            raise
+        print(f"error: unexpected {type(error).__name__}: {error} (run again with --debug for the traceback)",
+              file=sys.stderr)
+        return EXIT_RUNTIME_ERROR
 
 
 if __name__ == "__main__":

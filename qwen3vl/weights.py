@@ -178,11 +178,13 @@ def checkpoint_files(checkpoint_dir: Path) -> list[Path]:
     """List the safetensors files of a checkpoint: the index's shards, or the single file."""
     index = checkpoint_dir / "model.safetensors.index.json"
     if index.is_file():
-        weight_map = json.loads(index.read_text())["weight_map"]
+        weight_map = _read_weight_map(index)
         files = [checkpoint_dir / name for name in sorted(set(weight_map.values()))]
         missing = [str(f) for f in files if not f.is_file()]
         if missing:
-            raise CheckpointError(f"{index} lists shards that do not exist: {', '.join(missing)}")
+            raise CheckpointError(
+                f"{index} lists shards that do not exist: {', '.join(missing)}; download the missing files"
+            )
         return files
     files = sorted(checkpoint_dir.glob("*.safetensors"))
     if not files:
@@ -191,6 +193,16 @@ def checkpoint_files(checkpoint_dir: Path) -> list[Path]:
             "in safetensors format (PyTorch .bin checkpoints are not supported)"
         )
     return files
+
+
+def _read_weight_map(index: Path) -> dict[str, str]:
+    try:
+        weight_map = json.loads(index.read_text()).get("weight_map")
+    except (json.JSONDecodeError, AttributeError) as error:
+        raise CheckpointError(f"{index} is not a valid JSON object ({error}); download it again") from error
+    if not isinstance(weight_map, dict):
+        raise CheckpointError(f"{index} has no weight_map object; download it again")
+    return weight_map
 
 
 def _open_all(files: list[Path]) -> dict[str, tuple[Path, str]]:
@@ -202,14 +214,18 @@ def _open_all(files: list[Path]) -> dict[str, tuple[Path, str]]:
             with safe_open(file, framework="numpy") as handle:
                 names = list(handle.keys())
         except (SafetensorError, OSError) as error:
-            raise CheckpointError(f"cannot read {file}: {error}; the file may be truncated or corrupt") from error
+            raise CheckpointError(
+                f"cannot read {file}: {error}; the file is truncated or corrupt, so download it again"
+            ) from error
         for name in names:
             key = canonical_name(name)
             if key in located:
                 duplicates.append(f"{key} (in {located[key][0].name} and {file.name})")
             located[key] = (file, name)
     if duplicates:
-        raise CheckpointError("tensors stored more than once: " + "; ".join(duplicates))
+        raise CheckpointError(
+            "tensors stored more than once: " + "; ".join(duplicates) + "; remove the stale file from the directory"
+        )
     return located
 
 
@@ -238,6 +254,7 @@ def validate(declared: list[Param], located: dict[str, tuple[Path, str]]) -> Non
     if problems:
         raise CheckpointError(
             "the checkpoint's tensors do not match its config.json:\n  " + "\n  ".join(problems)
+            + "\nCheck that config.json belongs to these weights, or download the checkpoint again"
         )
 
 

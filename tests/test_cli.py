@@ -1,5 +1,6 @@
 """The command line as a user runs it: a subprocess, its stdout, stderr and exit status."""
 
+import json
 import subprocess
 import sys
 
@@ -39,6 +40,18 @@ def test_cli_image_prompt_matches_hf(tiny_tied):
     expected = hf_greedy_text(tiny_tied, "Describe this image.", DEMO_IMAGE)
     assert result.stdout == expected + "\n"
     assert "tokens/s" in result.stderr
+
+
+def test_cli_json_output_matches_hf(tiny_tied):
+    result = run_cli("--model", str(tiny_tied), "--image", str(DEMO_IMAGE), "--prompt", "Describe this image.",
+                     "--max-new-tokens", "16", "--temperature", "0", "--dtype", "float32", "--json")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["text"] == hf_greedy_text(tiny_tied, "Describe this image.", DEMO_IMAGE)
+    assert report["generated_tokens"] == len(report["token_ids"])
+    assert report["stop_reason"] in ("stop_token", "max_new_tokens")
+    assert all(seconds >= 0 for seconds in report["timings"].values())
+    assert "tokens/s" not in result.stderr
 
 
 def test_cli_text_only_prompt_matches_hf(tiny_untied):
