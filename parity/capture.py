@@ -204,8 +204,8 @@ class JaxSide:
             stages[f"decode.{step}.logits"] = logits[0]
         length = int(cache.lengths[0])
         for layer in range(self.config.text.num_hidden_layers):
-            stages[f"decode.keys.{layer}"] = cache.keys[layer, 0, :length]
-            stages[f"decode.values.{layer}"] = cache.values[layer, 0, :length]
+            stages[f"decode.keys.{layer}"] = cache.keys[layer][0, :length]
+            stages[f"decode.values.{layer}"] = cache.values[layer][0, :length]
         return stages
 
 

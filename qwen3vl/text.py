@@ -10,6 +10,9 @@ Dimension letters used in einsum strings and shape comments:
 One function, `forward_layers`, serves both prefill (S prompt tokens) and decoding (S = 1): the
 new keys and values are written into the cache at each row's start position, and every query
 attends to the cache positions at or before its own.
+
+Weights keep HF's (out, in) matrices (see weights.py for why), so every projection contracts the
+last axis of both operands, e.g. "BSE,FE->BSF", and heads are split from its output.
 """
 
 from __future__ import annotations
@@ -29,30 +32,33 @@ def rms_norm(x, scale, eps):
     return scale * normed.astype(x.dtype)
 
 
-def _write(cache_LBTGK, new_BSGK, layer, starts_B):
+def _write(cache_BTGK, new_BSGK, starts_B):
     """Write the new keys (or values) of one layer at each row's start position."""
 
-    def write_row(cache_LTGK, new_SGK, start):
-        return jax.lax.dynamic_update_slice(cache_LTGK, new_SGK[None], (layer, start, 0, 0))
+    def write_row(cache_TGK, new_SGK, start):
+        return jax.lax.dynamic_update_slice(cache_TGK, new_SGK, (start, 0, 0))
 
-    return jax.vmap(write_row, in_axes=(1, 0, 0), out_axes=1)(cache_LBTGK, new_BSGK, starts_B)
+    return jax.vmap(write_row)(cache_BTGK, new_BSGK, starts_B)
 
 
-def _attention(layer_params, x_BSE, cos_BSK, sin_BSK, keys, values, layer, starts_B, config: TextConfig):
+def _attention(layer_params, x_BSE, cos_BSK, sin_BSK, k_BTGK, v_BTGK, starts_B, config: TextConfig):
     eps = config.rms_norm_eps
-    q_BSHK = rms_norm(jnp.einsum("BSE,EHK->BSHK", x_BSE, layer_params["q"]), layer_params["q_norm"], eps)
-    k_BSGK = rms_norm(jnp.einsum("BSE,EGK->BSGK", x_BSE, layer_params["k"]), layer_params["k_norm"], eps)
-    v_BSGK = jnp.einsum("BSE,EGK->BSGK", x_BSE, layer_params["v"])
+    batch, new, _ = x_BSE.shape
+    heads, groups, head_dim = config.num_attention_heads, config.num_key_value_heads, config.head_dim
+
+    def project(name, count):
+        out_BSF = jnp.einsum("BSE,FE->BSF", x_BSE, layer_params[name])
+        return out_BSF.reshape(batch, new, count, head_dim)
+
+    q_BSHK = rms_norm(project("q", heads), layer_params["q_norm"], eps)
+    k_BSGK = rms_norm(project("k", groups), layer_params["k_norm"], eps)
+    v_BSGK = project("v", groups)
     q_BSHK = apply_rotary(q_BSHK, cos_BSK, sin_BSK)
     k_BSGK = apply_rotary(k_BSGK, cos_BSK, sin_BSK)
 
-    keys = _write(keys, k_BSGK, layer, starts_B)
-    values = _write(values, v_BSGK, layer, starts_B)
-    k_BTGK = jax.lax.dynamic_index_in_dim(keys, layer, keepdims=False)
-    v_BTGK = jax.lax.dynamic_index_in_dim(values, layer, keepdims=False)
+    k_BTGK = _write(k_BTGK, k_BSGK, starts_B)
+    v_BTGK = _write(v_BTGK, v_BSGK, starts_B)
 
-    batch, new, heads, head_dim = q_BSHK.shape
-    groups = config.num_key_value_heads
     q_BSGRK = q_BSHK.reshape(batch, new, groups, heads // groups, head_dim)
     scores = jnp.einsum("BSGRK,BTGK->BGRST", q_BSGRK, k_BTGK, preferred_element_type=jnp.float32)
     scores = scores * head_dim**-0.5
@@ -65,13 +71,14 @@ def _attention(layer_params, x_BSE, cos_BSK, sin_BSK, keys, values, layer, start
     probs = jax.nn.softmax(scores, axis=-1).astype(x_BSE.dtype)
 
     out_BSGRK = jnp.einsum("BGRST,BTGK->BSGRK", probs, v_BTGK)
-    out_BSHK = out_BSGRK.reshape(batch, new, heads, head_dim)
-    return jnp.einsum("BSHK,HKE->BSE", out_BSHK, layer_params["o"]), keys, values
+    out_BSF = out_BSGRK.reshape(batch, new, heads * head_dim)
+    return jnp.einsum("BSF,EF->BSE", out_BSF, layer_params["o"]), k_BTGK, v_BTGK
 
 
 def _mlp(layer_params, x_BSE):
-    gate_BSF = jax.nn.silu(x_BSE @ layer_params["gate"])
-    return (gate_BSF * (x_BSE @ layer_params["up"])) @ layer_params["down"]
+    gate_BSF = jax.nn.silu(jnp.einsum("BSE,FE->BSF", x_BSE, layer_params["gate"]))
+    up_BSF = jnp.einsum("BSE,FE->BSF", x_BSE, layer_params["up"])
+    return jnp.einsum("BSF,EF->BSE", gate_BSF * up_BSF, layer_params["down"])
 
 
 def forward_layers(params, x_BSE, cos_BSK, sin_BSK, cache: KVCache, starts_B, deepstack_LBSE,
@@ -79,31 +86,27 @@ def forward_layers(params, x_BSE, cos_BSK, sin_BSK, cache: KVCache, starts_B, de
     """Run every decoder layer over the new tokens; returns hidden states, cache, layer outputs.
 
     `deepstack_LBSE` holds the DeepStack features scattered to their visual positions (zeros
-    elsewhere); level i is added to the output of layer i. Pass None when decoding.
+    elsewhere); level i is added to the output of layer i. Pass None when decoding. The layers
+    run as an unrolled Python loop over per-layer weights (see weights.py for why not a scan).
     """
     eps = config.rms_norm_eps
     levels = 0 if deepstack_LBSE is None else deepstack_LBSE.shape[0]
-
-    def body(carry, inputs):
-        x_BSE, keys, values = carry
-        layer_params, layer = inputs
-        attended, keys, values = _attention(
-            layer_params, rms_norm(x_BSE, layer_params["input_norm"], eps),
-            cos_BSK, sin_BSK, keys, values, layer, starts_B, config,
-        )
-        x_BSE = x_BSE + attended
-        x_BSE = x_BSE + _mlp(layer_params, rms_norm(x_BSE, layer_params["post_attention_norm"], eps))
-        if levels:
-            level = jax.lax.dynamic_index_in_dim(deepstack_LBSE, jnp.minimum(layer, levels - 1), keepdims=False)
-            x_BSE = jnp.where(layer < levels, x_BSE + level, x_BSE)
-        return (x_BSE, keys, values), (x_BSE if capture else None)
-
-    layer_ids = jnp.arange(config.num_hidden_layers)
-    (x_BSE, keys, values), layer_outputs = jax.lax.scan(
-        body, (x_BSE, cache.keys, cache.values), (params["layers"], layer_ids)
-    )
-    cache = KVCache(keys=keys, values=values, lengths=cache.lengths)
-    return x_BSE, cache, layer_outputs
+    keys, values, layer_outputs = [], [], []
+    for layer, layer_params in enumerate(params["layers"]):
+        with jax.named_scope(f"layer_{layer}"):
+            attended, k_BTGK, v_BTGK = _attention(
+                layer_params, rms_norm(x_BSE, layer_params["input_norm"], eps),
+                cos_BSK, sin_BSK, cache.keys[layer], cache.values[layer], starts_B, config,
+            )
+            x_BSE = x_BSE + attended
+            x_BSE = x_BSE + _mlp(layer_params, rms_norm(x_BSE, layer_params["post_attention_norm"], eps))
+            if layer < levels:
+                x_BSE = x_BSE + deepstack_LBSE[layer]
+        keys.append(k_BTGK)
+        values.append(v_BTGK)
+        if capture:
+            layer_outputs.append(x_BSE)
+    return x_BSE, KVCache(keys=tuple(keys), values=tuple(values), lengths=cache.lengths), layer_outputs
 
 
 def logits(params, x_E, config: TextConfig):
@@ -113,8 +116,6 @@ def logits(params, x_E, config: TextConfig):
     normalised hidden states.
     """
     normed_E = rms_norm(x_E, params["final_norm"], config.rms_norm_eps)
-    if "lm_head" in params:
-        out_V = normed_E @ params["lm_head"]
-    else:
-        out_V = jnp.einsum("...E,VE->...V", normed_E, params["embed"])
+    head_VE = params["lm_head"] if "lm_head" in params else params["embed"]
+    out_V = jnp.einsum("...E,VE->...V", normed_E, head_VE)
     return out_V.astype(jnp.float32), normed_E

@@ -39,11 +39,6 @@ def our_params(checkpoint: Path, dtype: str) -> dict:
     return load_params(checkpoint, ModelConfig.from_dir(checkpoint), dtype=dtype)
 
 
-def split_out_heads(weight: np.ndarray, heads: int) -> np.ndarray:
-    """(heads * head_dim, in) -> (in, heads, head_dim): row h*head_dim + k becomes [:, h, k]."""
-    return weight.reshape(heads, -1, weight.shape[1]).transpose(2, 0, 1)
-
-
 def split_in_heads(weight: np.ndarray, heads: int) -> np.ndarray:
     """(out, heads * head_dim) -> (heads, head_dim, out): column h*head_dim + k becomes [h, k, :]."""
     return weight.reshape(weight.shape[0], heads, -1).transpose(1, 2, 0)
@@ -82,24 +77,21 @@ def expected_layouts(config: ModelConfig, layer: int, block: int) -> list[tuple[
         (("vision", "deepstack", "fc2", "kernel", 1), "model.visual.deepstack_merger_list.1.linear_fc2.weight",
          transpose),
         (("text", "embed"), "model.language_model.embed_tokens.weight", identity),
-        (("text", "layers", "input_norm", layer), f"{txt}.input_layernorm.weight", identity),
-        (("text", "layers", "q", layer), f"{txt}.self_attn.q_proj.weight",
-         lambda x: split_out_heads(x, t.num_attention_heads)),
-        (("text", "layers", "k", layer), f"{txt}.self_attn.k_proj.weight",
-         lambda x: split_out_heads(x, t.num_key_value_heads)),
-        (("text", "layers", "v", layer), f"{txt}.self_attn.v_proj.weight",
-         lambda x: split_out_heads(x, t.num_key_value_heads)),
-        (("text", "layers", "o", layer), f"{txt}.self_attn.o_proj.weight",
-         lambda x: split_in_heads(x, t.num_attention_heads)),
-        (("text", "layers", "q_norm", layer), f"{txt}.self_attn.q_norm.weight", identity),
-        (("text", "layers", "gate", layer), f"{txt}.mlp.gate_proj.weight", transpose),
-        (("text", "layers", "down", layer), f"{txt}.mlp.down_proj.weight", transpose),
+        (("text", "layers", layer, "input_norm"), f"{txt}.input_layernorm.weight", identity),
+        # Text matrices keep HF's (out, in) layout unchanged.
+        (("text", "layers", layer, "q"), f"{txt}.self_attn.q_proj.weight", identity),
+        (("text", "layers", layer, "k"), f"{txt}.self_attn.k_proj.weight", identity),
+        (("text", "layers", layer, "v"), f"{txt}.self_attn.v_proj.weight", identity),
+        (("text", "layers", layer, "o"), f"{txt}.self_attn.o_proj.weight", identity),
+        (("text", "layers", layer, "q_norm"), f"{txt}.self_attn.q_norm.weight", identity),
+        (("text", "layers", layer, "gate"), f"{txt}.mlp.gate_proj.weight", identity),
+        (("text", "layers", layer, "down"), f"{txt}.mlp.down_proj.weight", identity),
         (("text", "final_norm"), "model.language_model.norm.weight", identity),
     ]
 
 
 def lookup(tree: dict, path: tuple) -> np.ndarray:
-    """Follow the keys of `path`. A trailing int selects one layer of a stacked parameter."""
+    """Follow the keys of `path`. An int selects a text layer (a list) or a vision block (a stacked axis)."""
     node = tree
     for key in path:
         node = node[key]
@@ -133,23 +125,24 @@ def test_stacked_layers_keep_file_order(request, name):
     config = ModelConfig.from_dir(checkpoint)
     params = our_params(checkpoint, "float32")
     hf = hf_state_dict(checkpoint, torch.float32)
-    norms = np.asarray(params["text"]["layers"]["post_attention_norm"])
-    assert norms.shape == (config.text.num_hidden_layers, config.text.hidden_size)
-    for i in range(config.text.num_hidden_layers):
-        np.testing.assert_array_equal(norms[i], hf[f"model.language_model.layers.{i}.post_attention_layernorm.weight"])
+    layers = params["text"]["layers"]
+    assert len(layers) == config.text.num_hidden_layers
+    for i, layer in enumerate(layers):
+        norm = np.asarray(layer["post_attention_norm"])
+        np.testing.assert_array_equal(norm, hf[f"model.language_model.layers.{i}.post_attention_layernorm.weight"])
     fc1_bias = np.asarray(params["vision"]["blocks"]["fc1"]["bias"])
     assert fc1_bias.shape[0] == config.vision.depth
     for i in range(config.vision.depth):
         np.testing.assert_array_equal(fc1_bias[i], hf[f"model.visual.blocks.{i}.mlp.linear_fc1.bias"])
 
 
-def test_untied_lm_head_is_transposed(tiny_untied):
+def test_untied_lm_head_is_loaded(tiny_untied):
     params = our_params(tiny_untied, "float32")
     hf = hf_state_dict(tiny_untied, torch.float32)
     lm_head = np.asarray(params["text"]["lm_head"])
-    np.testing.assert_array_equal(lm_head, hf["lm_head.weight"].T)
+    np.testing.assert_array_equal(lm_head, hf["lm_head.weight"])
     # The untied fixture's head must differ from its embedding, or this test proves nothing.
-    assert not np.array_equal(lm_head.T, hf["model.language_model.embed_tokens.weight"])
+    assert not np.array_equal(lm_head, hf["model.language_model.embed_tokens.weight"])
 
 
 def test_tied_checkpoint_has_no_lm_head(tiny_tied):
@@ -179,7 +172,8 @@ def test_text_q_heads_match_hf_projection(tiny_untied):
     attention = model.model.language_model.layers[1].self_attn
     with torch.no_grad():
         expected = attention.q_proj(torch.from_numpy(x)).view(5, -1, config.text.head_dim).numpy()
-    ours = np.einsum("se,ehk->shk", x, np.asarray(params["text"]["layers"]["q"][1]))
+    q_kernel = np.asarray(params["text"]["layers"][1]["q"])
+    ours = (x @ q_kernel.T).reshape(5, -1, config.text.head_dim)
     np.testing.assert_allclose(ours, expected, rtol=1e-5, atol=1e-5)
 
 
