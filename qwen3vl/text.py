@@ -12,7 +12,7 @@ new keys and values are written into the cache at each row's start position, and
 attends to the cache positions at or before its own.
 
 Weights keep HF's (out, in) matrices (see weights.py for why), so every projection contracts the
-last axis of both operands, e.g. "BSE,FE->BSF", and heads are split from its output.
+last axis of both operands, (B, S, E) x (F, E) -> (B, S, F), and heads are split from its output.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from qwen3vl import kernels
 from qwen3vl.cache import KVCache
 from qwen3vl.config import TextConfig
 from qwen3vl.rope import apply_rotary
@@ -46,13 +47,12 @@ def _attention(layer_params, x_BSE, cos_BSK, sin_BSK, k_BTGK, v_BTGK, starts_B, 
     batch, new, _ = x_BSE.shape
     heads, groups, head_dim = config.num_attention_heads, config.num_key_value_heads, config.head_dim
 
-    def project(name, count):
-        out_BSF = jnp.einsum("BSE,FE->BSF", x_BSE, layer_params[name])
-        return out_BSF.reshape(batch, new, count, head_dim)
+    def heads_of(name, count):
+        return kernels.project(x_BSE, layer_params[name]).reshape(batch, new, count, head_dim)
 
-    q_BSHK = rms_norm(project("q", heads), layer_params["q_norm"], eps)
-    k_BSGK = rms_norm(project("k", groups), layer_params["k_norm"], eps)
-    v_BSGK = project("v", groups)
+    q_BSHK = rms_norm(heads_of("q", heads), layer_params["q_norm"], eps)
+    k_BSGK = rms_norm(heads_of("k", groups), layer_params["k_norm"], eps)
+    v_BSGK = heads_of("v", groups)
     q_BSHK = apply_rotary(q_BSHK, cos_BSK, sin_BSK)
     k_BSGK = apply_rotary(k_BSGK, cos_BSK, sin_BSK)
 
@@ -72,13 +72,13 @@ def _attention(layer_params, x_BSE, cos_BSK, sin_BSK, k_BTGK, v_BTGK, starts_B, 
 
     out_BSGRK = jnp.einsum("BGRST,BTGK->BSGRK", probs, v_BTGK)
     out_BSF = out_BSGRK.reshape(batch, new, heads * head_dim)
-    return jnp.einsum("BSF,EF->BSE", out_BSF, layer_params["o"]), k_BTGK, v_BTGK
+    return kernels.project(out_BSF, layer_params["o"]), k_BTGK, v_BTGK
 
 
 def _mlp(layer_params, x_BSE):
-    gate_BSF = jax.nn.silu(jnp.einsum("BSE,FE->BSF", x_BSE, layer_params["gate"]))
-    up_BSF = jnp.einsum("BSE,FE->BSF", x_BSE, layer_params["up"])
-    return jnp.einsum("BSF,EF->BSE", gate_BSF * up_BSF, layer_params["down"])
+    gate_BSF = jax.nn.silu(kernels.project(x_BSE, layer_params["gate"]))
+    up_BSF = kernels.project(x_BSE, layer_params["up"])
+    return kernels.project(gate_BSF * up_BSF, layer_params["down"])
 
 
 def forward_layers(params, x_BSE, cos_BSK, sin_BSK, cache: KVCache, starts_B, deepstack_LBSE,
@@ -117,5 +117,5 @@ def logits(params, x_E, config: TextConfig):
     """
     normed_E = rms_norm(x_E, params["final_norm"], config.rms_norm_eps)
     head_VE = params["lm_head"] if "lm_head" in params else params["embed"]
-    out_V = jnp.einsum("...E,VE->...V", normed_E, head_VE)
+    out_V = kernels.project(normed_E, head_VE)
     return out_V.astype(jnp.float32), normed_E

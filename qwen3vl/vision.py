@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from qwen3vl import kernels
 from qwen3vl.config import VisionConfig
 from qwen3vl.rope import apply_rotary, vision_cos_sin
 
@@ -107,7 +108,7 @@ def _gelu(x, config: VisionConfig):
 
 
 def _attention(block, x_ND, cos_NK, sin_NK, same_frame_NN, config: VisionConfig):
-    qkv = jnp.einsum("ND,DTHK->TNHK", x_ND, block["qkv"]["kernel"]) + block["qkv"]["bias"][:, None]
+    qkv = kernels.einsum("ND,DTHK->TNHK", x_ND, block["qkv"]["kernel"]) + block["qkv"]["bias"][:, None]
     q_NHK, k_NHK, v_NHK = qkv[0], qkv[1], qkv[2]
 
     # Rotation in float32 for every compute dtype, as transformers does.
@@ -118,7 +119,7 @@ def _attention(block, x_ND, cos_NK, sin_NK, same_frame_NN, config: VisionConfig)
     scores = jnp.where(same_frame_NN[None], scores.astype(jnp.float32), -jnp.inf)
     probs = jax.nn.softmax(scores, axis=-1).astype(x_ND.dtype)
     out_NHK = jnp.einsum("HNM,MHK->NHK", probs, v_NHK)
-    return jnp.einsum("NHK,HKD->ND", out_NHK, block["proj"]["kernel"]) + block["proj"]["bias"]
+    return kernels.einsum("NHK,HKD->ND", out_NHK, block["proj"]["kernel"]) + block["proj"]["bias"]
 
 
 def _block(block, x_ND, cos_NK, sin_NK, same_frame_NN, config: VisionConfig):
@@ -127,8 +128,8 @@ def _block(block, x_ND, cos_NK, sin_NK, same_frame_NN, config: VisionConfig):
     x_ND = x_ND + _attention(block, normed, cos_NK, sin_NK, same_frame_NN, config)
 
     normed = layer_norm(x_ND, block["norm2"]["scale"], block["norm2"]["bias"], eps)
-    hidden_NF = _gelu(normed @ block["fc1"]["kernel"] + block["fc1"]["bias"], config)
-    return x_ND + hidden_NF @ block["fc2"]["kernel"] + block["fc2"]["bias"]
+    hidden_NF = _gelu(kernels.einsum("ND,DF->NF", normed, block["fc1"]["kernel"]) + block["fc1"]["bias"], config)
+    return x_ND + kernels.einsum("NF,FD->ND", hidden_NF, block["fc2"]["kernel"]) + block["fc2"]["bias"]
 
 
 def merge_patches(merger, x_ND, config: VisionConfig, norm_after_merge: bool):
@@ -144,13 +145,15 @@ def merge_patches(merger, x_ND, config: VisionConfig, norm_after_merge: bool):
     x_MW = x_ND.reshape(-1, merged_width)
     if norm_after_merge:
         x_MW = layer_norm(x_MW, merger["norm"]["scale"], merger["norm"]["bias"], eps)
-    hidden = jax.nn.gelu(x_MW @ merger["fc1"]["kernel"] + merger["fc1"]["bias"], approximate=False)
-    return hidden @ merger["fc2"]["kernel"] + merger["fc2"]["bias"]
+    hidden = jax.nn.gelu(kernels.einsum("MW,WV->MV", x_MW, merger["fc1"]["kernel"]) + merger["fc1"]["bias"],
+                         approximate=False)
+    return kernels.einsum("MV,VE->ME", hidden, merger["fc2"]["kernel"]) + merger["fc2"]["bias"]
 
 
 def embed_patches(params, pixel_values_NC, dtype):
     """Patch embed: the Conv3d with kernel = stride = patch size, written as one matmul."""
-    return pixel_values_NC.astype(dtype) @ params["patch_embed"]["kernel"] + params["patch_embed"]["bias"]
+    patches_NC = pixel_values_NC.astype(dtype)
+    return kernels.einsum("NC,CD->ND", patches_NC, params["patch_embed"]["kernel"]) + params["patch_embed"]["bias"]
 
 
 def resample_position_table(params, taps_N4, tap_weights_N4):
