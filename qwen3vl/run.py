@@ -47,6 +47,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="compute dtype (default: float32 on CPU, bfloat16 on GPU and TPU)")
     parser.add_argument("--json", action="store_true",
                         help="print one JSON object with the generated text, token ids and timings instead of streaming")
+    parser.add_argument("--compile-cache", metavar="DIR", default=None,
+                        help="directory of the persistent XLA compilation cache, so that later runs with the "
+                             "same shapes skip compilation (default: $QWEN3VL_CACHE_DIR or ~/.cache/qwen3vl-jax/xla)")
+    parser.add_argument("--no-compile-cache", action="store_true", help="do not read or write the compilation cache")
     parser.add_argument("--debug", action="store_true", help="show the full traceback on errors")
     args = parser.parse_args(argv)
     if args.max_new_tokens < 1:
@@ -80,6 +84,8 @@ def _load(args, console: Console):
 
 def _json_report(result, load_seconds: float) -> dict:
     """Collect the fields of the --json output. JSON has no NaN, so a speed that was not measured is null."""
+    from qwen3vl.compilation import compilations
+
     generation = result.generation
     speed = generation.decode_tokens_per_second
     return {
@@ -91,18 +97,22 @@ def _json_report(result, load_seconds: float) -> dict:
         "timings": {
             "load_seconds": load_seconds,
             "prefill_seconds": generation.prefill_seconds,
-            "first_step_seconds": generation.first_step_seconds,
+            "first_chunk_seconds": generation.first_chunk_seconds,
             "decode_seconds": generation.decode_seconds,
         },
         "decode_tokens_per_second": speed if math.isfinite(speed) else None,
+        "compilations": compilations(),
     }
 
 
 def run(args: argparse.Namespace) -> int:
+    from qwen3vl.compilation import compilations, enable_persistent_cache
     from qwen3vl.generate import Sampling
     from qwen3vl.processing import load_image
 
     console = Console(stderr=True, quiet=args.json)
+    if not args.no_compile_cache:
+        enable_persistent_cache(args.compile_cache)
     # Images load first: a bad file then fails in milliseconds instead of after the checkpoint.
     images = [load_image(path) for path in args.image]
 
@@ -130,7 +140,7 @@ def run(args: argparse.Namespace) -> int:
     console.print(
         f"{len(generation.token_ids)} tokens ({generation.stop_reason}); prompt {generation.prompt_tokens} tokens, "
         f"prefill {generation.prefill_seconds:.2f} s (compilation included on a new shape), "
-        f"decode {generation.decode_tokens_per_second:.1f} tokens/s",
+        f"decode {generation.decode_tokens_per_second:.1f} tokens/s, {compilations()} XLA compilations",
         soft_wrap=True,
     )
     return 0

@@ -621,8 +621,8 @@ def test_cli_json_gif_warns_on_stderr(tmp_path):
     report = json.loads(outcome.stdout)  # the whole of stdout is one JSON object
     assert outcome.stdout.count("\n") == 1
     assert set(report) == {"text", "token_ids", "stop_reason", "prompt_tokens", "generated_tokens", "timings",
-                           "decode_tokens_per_second"}
-    assert set(report["timings"]) == {"load_seconds", "prefill_seconds", "first_step_seconds", "decode_seconds"}
+                           "decode_tokens_per_second", "compilations"}
+    assert set(report["timings"]) == {"load_seconds", "prefill_seconds", "first_chunk_seconds", "decode_seconds"}
     assert report["generated_tokens"] == len(report["token_ids"]) <= 6
     assert report["stop_reason"] in ("stop_token", "max_new_tokens")
     assert report["text"] == AutoTokenizer.from_pretrained(TINY_TIED).decode(
