@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 FIXTURES := fixtures/build/tiny-tied/config.json fixtures/build/tiny-untied/config.json
 
-.PHONY: install install-test fixtures demo test parity clean
+.PHONY: install install-test fixtures demo test parity bench clean
 
 $(VENV)/.core: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,9 @@ demo: $(FIXTURES)
 
 test: $(VENV)/.test $(FIXTURES)
 	$(PY) -m pytest -q
+
+bench: $(VENV)/.test
+	$(PY) -m qwen3vl.bench
 
 parity: $(VENV)/.test $(FIXTURES)
 	$(PY) -m parity --json parity-report.json

@@ -1,0 +1,1 @@
+"""Benchmark helpers that need PyTorch, kept out of the qwen3vl package."""
