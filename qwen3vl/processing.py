@@ -219,7 +219,7 @@ def check_aspect_ratio(size: tuple[int, int], source: str) -> None:
     aspect_ratio = max(width, height) / min(width, height)
     if aspect_ratio > MAX_ASPECT_RATIO:
         raise ImageError(
-            f"image {source} is {width}x{height} pixels, an aspect ratio of {aspect_ratio:.1f}; Qwen3-VL's "
+            f"image {source} is {width}x{height} pixels, an aspect ratio of {aspect_ratio:.6g}; Qwen3-VL's "
             f"preprocessing accepts at most {MAX_ASPECT_RATIO}, so crop or pad the image to a squarer shape"
         )
 
@@ -237,7 +237,7 @@ def smart_resize(height: int, width: int, factor: int, min_pixels: int, max_pixe
     aspect_ratio = max(height, width) / min(height, width)
     if aspect_ratio > MAX_ASPECT_RATIO:
         raise ValueError(
-            f"image aspect ratio {aspect_ratio:.1f} ({width}x{height}) exceeds the maximum of "
+            f"image aspect ratio {aspect_ratio:.6g} ({width}x{height}) exceeds the maximum of "
             f"{MAX_ASPECT_RATIO}; crop or pad the image first"
         )
 
