@@ -154,7 +154,7 @@ CASES = [
               ("bomb.png", "900000000 pixels")),
     ErrorCase("image-aspect-ratio", "402x2 image, aspect ratio 201",
               with_image("strip.png", lambda d: PIL.Image.new("RGB", (402, 2)).save(d / "strip.png")),
-              ("strip.png", "402x2", "201.0", "200")),
+              ("strip.png", "402x2", "ratio of 201;", "200")),
     ErrorCase("checkpoint-missing", "checkpoint directory does not exist", with_model("absent-model"),
               ("absent-model", "not found")),
     ErrorCase("checkpoint-no-config", "directory without config.json",
