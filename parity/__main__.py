@@ -45,8 +45,11 @@ def _versions() -> dict[str, str]:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    console = Console()
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    for name in ("parity", "qwen3vl"):
+        logging.getLogger(name).setLevel(logging.INFO)
+    # Wide enough for every column when the output goes to a file or a CI log.
+    console = Console(width=None if sys.stdout.isatty() else 160)
     checkpoints = args.checkpoint or list(suite.DEFAULT_CHECKPOINTS)
     missing = [str(path) for path in checkpoints if not (path / "config.json").is_file()]
     if missing:

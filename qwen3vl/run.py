@@ -36,20 +36,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="image file; repeat for several images; omit for a text-only prompt")
     parser.add_argument("--prompt", required=True, help="the user's question or instruction")
     parser.add_argument("--system", default=None, help="optional system message")
-    parser.add_argument("--max-new-tokens", type=int, default=128, help="maximum number of tokens to generate")
+    parser.add_argument("--max-new-tokens", type=int, default=128,
+                        help="maximum number of tokens to generate (default: 128)")
     parser.add_argument("--temperature", type=float, default=None,
                         help="sampling temperature; 0 means greedy (default: the checkpoint's "
                              "generation_config.json, greedy when it has none)")
     parser.add_argument("--top-k", type=int, default=None, help="sample from the k most likely tokens (0: all)")
     parser.add_argument("--top-p", type=float, default=None, help="nucleus sampling probability mass in (0, 1]")
-    parser.add_argument("--seed", type=int, default=0, help="random seed for sampling")
+    parser.add_argument("--seed", type=int, default=0, help="random seed for sampling (default: 0)")
     parser.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default=None,
                         help="compute dtype (default: float32 on CPU, bfloat16 on GPU and TPU)")
     parser.add_argument("--json", action="store_true",
                         help="print one JSON object with the generated text, token ids and timings instead of streaming")
     parser.add_argument("--compile-cache", metavar="DIR", default=None,
                         help="directory of the persistent XLA compilation cache, so that later runs with the "
-                             "same shapes skip compilation (default: $QWEN3VL_CACHE_DIR or ~/.cache/qwen3vl-jax/xla)")
+                             "same shapes skip compilation (default: $QWEN3VL_CACHE_DIR, else "
+                             "$XDG_CACHE_HOME/qwen3vl-jax/xla, else ~/.cache/qwen3vl-jax/xla)")
     parser.add_argument("--no-compile-cache", action="store_true", help="do not read or write the compilation cache")
     parser.add_argument("--debug", action="store_true", help="show the full traceback on errors")
     args = parser.parse_args(argv)
@@ -70,7 +72,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def _load(args, console: Console):
     from qwen3vl.inference import Qwen3VL
 
-    if args.json:
+    if args.json or not console.is_terminal:
+        # A progress bar on a non-terminal only leaves an empty line behind.
         return Qwen3VL.from_pretrained(args.model, dtype=args.dtype)
     columns = (TextColumn("loading weights"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, console=console, transient=True) as progress:
@@ -129,6 +132,7 @@ def run(args: argparse.Namespace) -> int:
         sys.stdout.write(piece)
         sys.stdout.flush()
 
+    compiled_before = compilations()
     result = vlm.generate(args.prompt, images=images, system=args.system, max_new_tokens=args.max_new_tokens,
                           sampling=sampling, on_text=None if args.json else write)
     if args.json:
@@ -136,14 +140,19 @@ def run(args: argparse.Namespace) -> int:
         return 0
 
     sys.stdout.write("\n")
-    generation = result.generation
-    console.print(
-        f"{len(generation.token_ids)} tokens ({generation.stop_reason}); prompt {generation.prompt_tokens} tokens, "
-        f"prefill {generation.prefill_seconds:.2f} s (compilation included on a new shape), "
-        f"decode {generation.decode_tokens_per_second:.1f} tokens/s, {compilations()} XLA compilations",
-        soft_wrap=True,
-    )
+    console.print(_summary_line(result.generation, compilations() - compiled_before), soft_wrap=True)
     return 0
+
+
+def _summary_line(generation, compiled: int) -> str:
+    """Describe what was generated and how fast, for stderr."""
+    count = len(generation.token_ids)
+    speed = generation.decode_tokens_per_second
+    decode = f"decode {speed:.1f} tokens/s" if math.isfinite(speed) else "decode speed not measured (under 3 tokens)"
+    compile_note = f", {compiled} XLA compilations included" if compiled else ", nothing compiled"
+    return (f"{count} token{'s' if count != 1 else ''} ({generation.stop_reason}); "
+            f"prompt {generation.prompt_tokens} tokens, prefill {generation.prefill_seconds:.2f} s, "
+            f"{decode}{compile_note}")
 
 
 def _configure_logging() -> None:

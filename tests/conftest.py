@@ -3,6 +3,7 @@
 import os
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -22,6 +23,7 @@ def shared_photos() -> list[Path]:
         return photos
     if os.environ.get("CI"):
         raise RuntimeError(f"no photos found in {SHARED_IMAGES}; CI expects the shared images there")
+    warnings.warn(f"no photos in {SHARED_IMAGES}; the photo tests use the shipped demo photos instead", stacklevel=2)
     return sorted(PROJECT_IMAGES.glob("*.png")) + sorted(PROJECT_IMAGES.glob("*.jpg"))
 
 
