@@ -25,7 +25,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="checkpoint directory to check; repeat for several "
                              "(default: the tiny fixtures in fixtures/build)")
     parser.add_argument("--dtype", action="append", choices=DTYPES,
-                        help="compute dtype; repeat for several (default: float32 and bfloat16)")
+                        help="compute dtype; repeat for several (default: float32, bfloat16 and float16)")
     parser.add_argument("--quick", action="store_true", help="run the fast subset used by the test suite")
     parser.add_argument("--decode-steps", type=int, default=suite.DECODE_STEPS,
                         help="length of the cached-decoding case, in tokens")
@@ -60,7 +60,7 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory() as scratch:
         images = suite.make_images(Path(scratch))
         cases = suite.quick_cases(images) if args.quick else suite.default_cases(checkpoints, images, args.decode_steps)
-        dtypes = args.dtype or (["float32"] if args.quick else ["float32", "bfloat16"])
+        dtypes = args.dtype or (["float32"] if args.quick else list(DTYPES))
         render = lambda case_report: report.render_case(case_report, console)  # noqa: E731
         if args.fault:
             with faults.injected(args.fault) as fault:
