@@ -1,7 +1,7 @@
 """Capture the same named stages from HF transformers (forward hooks) and from the JAX model.
 
-Both sides see identical inputs: HF's processor (PIL backend) output is compared with ours as
-its own stage, and each model then runs on its own side's processed inputs. Stage names:
+Both sides start from the same prompt and image files. HF's processor (PIL backend) output is
+compared with ours as its own stage, and each model then runs on its own side's processed inputs. Stage names:
 
     processor.input_ids, processor.pixel_values, processor.image_grid_thw
     vision.patch_embed, vision.pos_embed, vision.block.{i}, vision.merger, vision.deepstack.{j}

@@ -1,4 +1,4 @@
-"""Every bound the parity suite holds a stage to, in one table, each with its reason.
+"""Every bound that the parity suite applies to a stage, in one table, each with its reason.
 
 Error measure: for a stage with reference r (HF) and ours x,
 

@@ -50,7 +50,7 @@ SHAPES = {
 
 
 def hf_config(size: str, layers: int | None) -> dict:
-    """The config.json of a random checkpoint at a published shape, optionally with fewer layers."""
+    """Build the config.json of a random checkpoint at a published shape, optionally with fewer layers."""
     shape = SHAPES[size]
     text = dict(shape["text"], vocab_size=151936, head_dim=128, hidden_act="silu", rms_norm_eps=1e-6,
                 max_position_embeddings=262144, model_type="qwen3_vl_text",
@@ -105,7 +105,7 @@ def write_random_checkpoint(directory: Path, raw_config: dict) -> None:
 
 
 def make_inputs(raw_config: dict) -> dict[str, np.ndarray]:
-    """One 256x256 image in an 86-token chat prompt, as token ids, types and patches."""
+    """Build one random 256x256 image in an 86-token prompt, as token ids, token types and patches."""
     from PIL import Image
 
     from qwen3vl.processing import ImageProcessorConfig, preprocess_images
