@@ -319,7 +319,10 @@ def machine_description() -> dict:
         versions.update({name: version(name) for name in ("torch", "transformers")})
     except Exception:  # the HF packages are optional for --skip-hf runs
         pass
-    return {"processor": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+    # PyTorch's bfloat16 kernels use AMX where the processor has it, which decides that comparison.
+    cpuinfo = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""
+    flags = [flag for flag in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f" {flag}" in cpuinfo]
+    return {"processor": platform.processor() or platform.machine(), "cores": os.cpu_count(), "cpu_features": flags,
             "memory_gb": os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1e9,
             "jax_backend": jax.default_backend(), "versions": versions}
 
@@ -334,11 +337,13 @@ def render(summary: dict, bandwidth: dict, machine: dict, plan: Plan, size: str,
         f"{IMAGE_SIDE}x{IMAGE_SIDE} image in an {PROMPT_TOKENS}-token prompt, {plan.decode_tokens} new tokens, "
         f"{plan.rounds} interleaved rounds; medians with [min-max]).",
         "",
-        f"Machine: {machine['processor']}, {machine['cores']} cores, {machine['memory_gb']:.0f} GB, JAX backend "
+        f"Machine: {machine['processor']}, {machine['cores']} cores, {machine['memory_gb']:.0f} GB, CPU features "
+        f"{', '.join(machine.get('cpu_features', [])) or 'unknown'}, JAX backend "
         f"{machine['jax_backend']}; versions: "
         + ", ".join(f"{k} {v}" for k, v in machine["versions"].items()) + ".",
         f"Memory bandwidth: numpy copy {bandwidth['copy_gb_per_s']:.1f} GB/s (read + write), jitted JAX sum "
         f"{bandwidth['jax_sum_gb_per_s']:.1f} GB/s; the bound uses the faster, {bandwidth['gb_per_s']:.1f} GB/s.",
+        "In the last column, above 1 means JAX is better: faster, or less memory.",
         "",
     ]
     for dtype, result in summary.items():
