@@ -31,7 +31,12 @@ class CheckpointNotFoundError(FileNotFoundError):
 
 
 def default_dtype() -> str:
-    """float32 on CPUs, which lack fast bfloat16 matrix units; bfloat16 on GPUs and TPUs."""
+    """Pick float32 on CPUs and bfloat16 on GPUs and TPUs.
+
+    On a CPU, float32 decodes about as fast as bfloat16 with XLA (measured at the 2B shape) and
+    is the dtype whose greedy output the tests prove equal to HF's; accelerators have fast
+    bfloat16 units and half the memory traffic.
+    """
     return "float32" if jax.default_backend() == "cpu" else "bfloat16"
 
 
