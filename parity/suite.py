@@ -57,7 +57,7 @@ def default_cases(checkpoints: Iterable[Path], images: dict[str, Path],
 
 
 def quick_cases(images: dict[str, Path]) -> list[Case]:
-    """A fast subset for the test suite: one image case, text only, and a short cached decode."""
+    """Return the fast subset for the test suite: one image case, text only and a short cached decode."""
     tied, untied = DEFAULT_CHECKPOINTS
     return [
         Case("wide", tied, "Describe this image.", (images["wide"],)),

@@ -12,7 +12,7 @@ Floating-point bounds follow one rule:
     bound = SAFETY * (eps(dtype) + eps(float32) * sqrt(K)) * sqrt(depth)
 
 Each matmul stage rounds its output to the compute dtype (eps(dtype): float32 1.19e-7, bfloat16
-7.81e-3, float16 9.77e-4) after accumulating K products in float32, and summation in a different
+7.81e-3, float16 9.77e-4) after accumulating K products in float32. Summation in a different
 order moves a float32 sum of K terms by about eps(float32) * sqrt(K) of its size. K is the
 longest reduction in the model. depth counts the stages (one per norm + matmul sublayer) between
 the inputs and the stage: both implementations round at every stage, in different orders, so

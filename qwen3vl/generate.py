@@ -69,7 +69,7 @@ def stop_token_ids(checkpoint_dir: str | Path, tokenizer) -> tuple[int, ...]:
     return tuple(sorted(ids))
 
 
-# top-k sampling draws from this many best candidates, found with lax.top_k; a full vocabulary
+# top-k sampling draws from this many best candidates, found with lax.top_k. A full vocabulary
 # sort is 200 times slower on CPU (59 ms against 0.3 ms for 151,936 logits).
 TOP_K_CANDIDATES = 256
 

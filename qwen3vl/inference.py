@@ -33,9 +33,9 @@ class CheckpointNotFoundError(FileNotFoundError):
 def default_dtype() -> str:
     """Pick float32 on CPUs and bfloat16 on GPUs and TPUs.
 
-    On a CPU, float32 decodes about as fast as bfloat16 with XLA (measured at the 2B shape) and
-    is the dtype whose greedy output the tests prove equal to HF's; accelerators have fast
-    bfloat16 units and half the memory traffic.
+    On a CPU, float32 decodes about as fast as bfloat16 with XLA (measured at the 2B shape), and
+    its greedy output is the one the tests prove equal to HF's. Accelerators have fast bfloat16
+    units, and bfloat16 halves the memory traffic there.
     """
     return "float32" if jax.default_backend() == "cpu" else "bfloat16"
 

@@ -36,6 +36,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="image file; repeat for several images; omit for a text-only prompt")
     parser.add_argument("--prompt", required=True, help="the user's question or instruction")
     parser.add_argument("--system", default=None, help="optional system message")
+
     parser.add_argument("--max-new-tokens", type=int, default=128,
                         help="maximum number of tokens to generate (default: 128)")
     parser.add_argument("--temperature", type=float, default=None,
@@ -44,6 +45,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--top-k", type=int, default=None, help="sample from the k most likely tokens (0: all)")
     parser.add_argument("--top-p", type=float, default=None, help="nucleus sampling probability mass in (0, 1]")
     parser.add_argument("--seed", type=int, default=0, help="random seed for sampling (default: 0)")
+
     parser.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default=None,
                         help="compute dtype (default: float32 on CPU, bfloat16 on GPU and TPU)")
     parser.add_argument("--json", action="store_true",
@@ -55,6 +57,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--no-compile-cache", action="store_true", help="do not read or write the compilation cache")
     parser.add_argument("--debug", action="store_true", help="show the full traceback on errors")
     args = parser.parse_args(argv)
+
     if args.max_new_tokens < 1:
         parser.error(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}")
     # The negated comparisons also reject nan, which compares false with everything.

@@ -85,7 +85,7 @@ def forward_layers(params, x_BSE, cos_BSK, sin_BSK, cache: KVCache, starts_B, de
                    config: TextConfig, capture: bool = False):
     """Run every decoder layer over the new tokens; returns hidden states, cache, layer outputs.
 
-    `deepstack_LBSE` holds the DeepStack features scattered to their visual positions (zeros
+    `deepstack_LBSE` contains the DeepStack features scattered to their visual positions (zeros
     elsewhere); level i is added to the output of layer i. Pass None when decoding. The layers
     run as an unrolled Python loop over per-layer weights (see weights.py for why not a scan).
     """

@@ -10,7 +10,7 @@ Dimension letters used in einsum strings and shape comments:
 
 The geometry that depends on each image's grid (interpolation taps, rotary positions, frame
 segments) is index work done on the host in numpy by `vision_geometry`, so the jitted encoder
-sees only arrays of static shape and compiles once per total patch count.
+receives only arrays of static shape and compiles once per total patch count.
 """
 
 from __future__ import annotations
