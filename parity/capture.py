@@ -148,9 +148,9 @@ class HFSide:
         for step, logits in enumerate(output.logits):
             stages[f"decode.{step}.logits"] = _to_numpy(logits[0])
         for layer, cached in enumerate(output.cache.layers):
-            # HF stores (batch, kv_heads, positions, head_dim); ours is (positions, kv_heads, head_dim).
-            stages[f"decode.keys.{layer}"] = _to_numpy(cached.keys[0].transpose(0, 1))
-            stages[f"decode.values.{layer}"] = _to_numpy(cached.values[0].transpose(0, 1))
+            # Both caches store (batch, kv_heads, positions, head_dim).
+            stages[f"decode.keys.{layer}"] = _to_numpy(cached.keys[0])
+            stages[f"decode.values.{layer}"] = _to_numpy(cached.values[0])
         return stages
 
 
@@ -204,8 +204,8 @@ class JaxSide:
             stages[f"decode.{step}.logits"] = logits[0]
         length = int(cache.lengths[0])
         for layer in range(self.config.text.num_hidden_layers):
-            stages[f"decode.keys.{layer}"] = cache.keys[layer][0, :length]
-            stages[f"decode.values.{layer}"] = cache.values[layer][0, :length]
+            stages[f"decode.keys.{layer}"] = cache.layer_keys(layer)[0, :, :length]
+            stages[f"decode.values.{layer}"] = cache.layer_values(layer)[0, :, :length]
         return stages
 
 

@@ -17,11 +17,13 @@ last axis of both operands, (B, S, E) x (F, E) -> (B, S, F), and heads are split
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 
 from qwen3vl import kernels
-from qwen3vl.cache import KVCache
+from qwen3vl.cache import KVCache, from_bits, to_bits
 from qwen3vl.config import TextConfig
 from qwen3vl.rope import apply_rotary
 
@@ -33,16 +35,16 @@ def rms_norm(x, scale, eps):
     return scale * normed.astype(x.dtype)
 
 
-def _write(cache_BTGK, new_BSGK, starts_B):
-    """Write the new keys (or values) of one layer at each row's start position."""
+def _write(bits_BGTK, new_BSGK, starts_B):
+    """Write the bits of one layer's new keys (or values) at each row's start position."""
 
-    def write_row(cache_TGK, new_SGK, start):
-        return jax.lax.dynamic_update_slice(cache_TGK, new_SGK, (start, 0, 0))
+    def write_row(bits_GTK, new_GSK, start):
+        return jax.lax.dynamic_update_slice(bits_GTK, new_GSK, (0, start, 0))
 
-    return jax.vmap(write_row)(cache_BTGK, new_BSGK, starts_B)
+    return jax.vmap(write_row)(bits_BGTK, to_bits(new_BSGK).transpose(0, 2, 1, 3), starts_B)
 
 
-def _attention(layer_params, x_BSE, cos_BSK, sin_BSK, k_BTGK, v_BTGK, starts_B, config: TextConfig):
+def _attention(layer_params, x_BSE, cos_BSK, sin_BSK, k_bits, v_bits, starts_B, config: TextConfig):
     eps = config.rms_norm_eps
     batch, new, _ = x_BSE.shape
     heads, groups, head_dim = config.num_attention_heads, config.num_key_value_heads, config.head_dim
@@ -56,23 +58,24 @@ def _attention(layer_params, x_BSE, cos_BSK, sin_BSK, k_BTGK, v_BTGK, starts_B, 
     q_BSHK = apply_rotary(q_BSHK, cos_BSK, sin_BSK)
     k_BSGK = apply_rotary(k_BSGK, cos_BSK, sin_BSK)
 
-    k_BTGK = _write(k_BTGK, k_BSGK, starts_B)
-    v_BTGK = _write(v_BTGK, v_BSGK, starts_B)
+    k_bits = _write(k_bits, k_BSGK, starts_B)
+    v_bits = _write(v_bits, v_BSGK, starts_B)
+    k_BGTK, v_BGTK = from_bits(k_bits, k_BSGK.dtype), from_bits(v_bits, v_BSGK.dtype)
 
     q_BSGRK = q_BSHK.reshape(batch, new, groups, heads // groups, head_dim)
-    scores = jnp.einsum("BSGRK,BTGK->BGRST", q_BSGRK, k_BTGK, preferred_element_type=jnp.float32)
+    scores = jnp.einsum("BSGRK,BGTK->BGRST", q_BSGRK, k_BGTK, preferred_element_type=jnp.float32)
     scores = scores * head_dim**-0.5
 
     # Causal over absolute cache positions: query s of row b sits at starts[b] + s.
     query_positions_BS = starts_B[:, None] + jnp.arange(new)[None, :]
-    key_positions_T = jnp.arange(k_BTGK.shape[1])
+    key_positions_T = jnp.arange(k_BGTK.shape[2])
     visible_BST = key_positions_T[None, None, :] <= query_positions_BS[:, :, None]
     scores = jnp.where(visible_BST[:, None, None], scores, -jnp.inf)
     probs = jax.nn.softmax(scores, axis=-1).astype(x_BSE.dtype)
 
-    out_BSGRK = jnp.einsum("BGRST,BTGK->BSGRK", probs, v_BTGK)
+    out_BSGRK = jnp.einsum("BGRST,BGTK->BSGRK", probs, v_BGTK)
     out_BSF = out_BSGRK.reshape(batch, new, heads * head_dim)
-    return kernels.project(out_BSF, layer_params["o"]), k_BTGK, v_BTGK
+    return kernels.project(out_BSF, layer_params["o"]), k_bits, v_bits
 
 
 def _mlp(layer_params, x_BSE):
@@ -94,7 +97,7 @@ def forward_layers(params, x_BSE, cos_BSK, sin_BSK, cache: KVCache, starts_B, de
     keys, values, layer_outputs = [], [], []
     for layer, layer_params in enumerate(params["layers"]):
         with jax.named_scope(f"layer_{layer}"):
-            attended, k_BTGK, v_BTGK = _attention(
+            attended, k_bits, v_bits = _attention(
                 layer_params, rms_norm(x_BSE, layer_params["input_norm"], eps),
                 cos_BSK, sin_BSK, cache.keys[layer], cache.values[layer], starts_B, config,
             )
@@ -102,11 +105,11 @@ def forward_layers(params, x_BSE, cos_BSK, sin_BSK, cache: KVCache, starts_B, de
             x_BSE = x_BSE + _mlp(layer_params, rms_norm(x_BSE, layer_params["post_attention_norm"], eps))
             if layer < levels:
                 x_BSE = x_BSE + deepstack_LBSE[layer]
-        keys.append(k_BTGK)
-        values.append(v_BTGK)
+        keys.append(k_bits)
+        values.append(v_bits)
         if capture:
             layer_outputs.append(x_BSE)
-    return x_BSE, KVCache(keys=tuple(keys), values=tuple(values), lengths=cache.lengths), layer_outputs
+    return x_BSE, dataclasses.replace(cache, keys=tuple(keys), values=tuple(values)), layer_outputs
 
 
 def logits(params, x_E, config: TextConfig):
