@@ -108,28 +108,30 @@ def _gelu(x, config: VisionConfig):
 
 
 def _attention(block, x_ND, cos_NK, sin_NK, same_frame_NN, config: VisionConfig):
-    qkv = kernels.einsum("ND,DTHK->TNHK", x_ND, block["qkv"]["kernel"]) + block["qkv"]["bias"][:, None]
-    q_NHK, k_NHK, v_NHK = qkv[0], qkv[1], qkv[2]
+    patches, heads, head_dim = x_ND.shape[0], config.num_heads, config.head_dim
+    qkv = kernels.project(x_ND, block["qkv"]) + block["qkv_bias"]
+    qkv_N3HK = qkv.reshape(patches, 3, heads, head_dim)
+    q_NHK, k_NHK, v_NHK = qkv_N3HK[:, 0], qkv_N3HK[:, 1], qkv_N3HK[:, 2]
 
     # Rotation in float32 for every compute dtype, as transformers does.
     q_NHK = apply_rotary(q_NHK.astype(jnp.float32), cos_NK, sin_NK).astype(x_ND.dtype)
     k_NHK = apply_rotary(k_NHK.astype(jnp.float32), cos_NK, sin_NK).astype(x_ND.dtype)
 
-    scores = jnp.einsum("NHK,MHK->HNM", q_NHK, k_NHK) * config.head_dim**-0.5
+    scores = jnp.einsum("NHK,MHK->HNM", q_NHK, k_NHK) * head_dim**-0.5
     scores = jnp.where(same_frame_NN[None], scores.astype(jnp.float32), -jnp.inf)
     probs = jax.nn.softmax(scores, axis=-1).astype(x_ND.dtype)
     out_NHK = jnp.einsum("HNM,MHK->NHK", probs, v_NHK)
-    return kernels.einsum("NHK,HKD->ND", out_NHK, block["proj"]["kernel"]) + block["proj"]["bias"]
+    return kernels.project(out_NHK.reshape(patches, heads * head_dim), block["proj"]) + block["proj_bias"]
 
 
 def _block(block, x_ND, cos_NK, sin_NK, same_frame_NN, config: VisionConfig):
     eps = config.layer_norm_eps
-    normed = layer_norm(x_ND, block["norm1"]["scale"], block["norm1"]["bias"], eps)
+    normed = layer_norm(x_ND, block["norm1_scale"], block["norm1_bias"], eps)
     x_ND = x_ND + _attention(block, normed, cos_NK, sin_NK, same_frame_NN, config)
 
-    normed = layer_norm(x_ND, block["norm2"]["scale"], block["norm2"]["bias"], eps)
-    hidden_NF = _gelu(kernels.einsum("ND,DF->NF", normed, block["fc1"]["kernel"]) + block["fc1"]["bias"], config)
-    return x_ND + kernels.einsum("NF,FD->ND", hidden_NF, block["fc2"]["kernel"]) + block["fc2"]["bias"]
+    normed = layer_norm(x_ND, block["norm2_scale"], block["norm2_bias"], eps)
+    hidden_NF = _gelu(kernels.project(normed, block["fc1"]) + block["fc1_bias"], config)
+    return x_ND + kernels.project(hidden_NF, block["fc2"]) + block["fc2_bias"]
 
 
 def merge_patches(merger, x_ND, config: VisionConfig, norm_after_merge: bool):
@@ -181,28 +183,18 @@ def encode(params, pixel_values_NC, taps_N4, tap_weights_N4, rotary_positions_N2
     cos_NK, sin_NK = vision_cos_sin(rotary_positions_N2, config.head_dim, config.rope_theta)
     same_frame_NN = segments_N[:, None] == segments_N[None, :]
 
-    # Slot of each block's output in the DeepStack buffer, or -1 for blocks that feed no merger.
-    slots = np.full(config.depth, -1, dtype=np.int32)
-    slots[list(config.deepstack_visual_indexes)] = np.arange(len(config.deepstack_visual_indexes))
-    taps_LND = jnp.zeros((len(config.deepstack_visual_indexes), *x_ND.shape), dtype)
-
-    def body(carry, inputs):
-        x_ND, taps_LND = carry
-        block, slot = inputs
-        x_ND = _block(block, x_ND, cos_NK, sin_NK, same_frame_NN, config)
-        index = jnp.maximum(slot, 0)
-        kept = jnp.where(slot >= 0, x_ND, taps_LND[index])
-        taps_LND = jax.lax.dynamic_update_index_in_dim(taps_LND, kept, index, axis=0)
-        return (x_ND, taps_LND), (x_ND if capture else None)
-
-    (x_ND, taps_LND), block_outputs = jax.lax.scan(body, (x_ND, taps_LND), (params["blocks"], jnp.asarray(slots)))
-    if capture:
-        for i in range(config.depth):
-            captured[f"vision.block.{i}"] = block_outputs[i]
+    taps = {}  # block index -> output, for the DeepStack mergers
+    for i, block in enumerate(params["blocks"]):
+        with jax.named_scope(f"block_{i}"):
+            x_ND = _block(block, x_ND, cos_NK, sin_NK, same_frame_NN, config)
+        if i in config.deepstack_visual_indexes:
+            taps[i] = x_ND
+        if capture:
+            captured[f"vision.block.{i}"] = x_ND
 
     merged_ME = merge_patches(params["merger"], x_ND, config, norm_after_merge=False)
     deepstack_LME = jax.vmap(lambda merger, x: merge_patches(merger, x, config, norm_after_merge=True))(
-        params["deepstack"], taps_LND
+        params["deepstack"], jnp.stack([taps[i] for i in config.deepstack_visual_indexes])
     )
     if capture:
         captured["vision.merger"] = merged_ME

@@ -5,18 +5,20 @@ goes in our tree and how it is laid out for the math. Loading checks the file ag
 every missing, unexpected, duplicate or mis-shaped tensor: nothing is skipped and nothing is left
 at a random init.
 
-Layouts differ by tower, for speed:
+Layouts, chosen for speed:
 
-* vision kernels are (in, out) and each block's tensors are stacked along a leading block axis,
-  so the blocks run under one `lax.scan` and compile once whatever the depth;
-* text kernels keep HF's (out, in) matrices unchanged, and each decoder layer keeps its own
-  arrays (a list of per-layer dicts). Decoding reads every text weight once per
-  token. On XLA's CPU backend a (1, in) x (out, in) product runs near memory bandwidth, but
-  slicing one layer out of a stacked array inside a loop copies it first. Measured on a
-  2-core x86 machine (AVX-512), 28 layers of 2048 x 6144 float32 weights took 45 ms per step from
-  per-layer arrays and 240 ms under `lax.scan` over a stacked array. Splitting the heads out
-  of the matrices (a 3D operand) made the same products 10 times slower there, so heads are
-  split from the activations after each product instead.
+* the matrices of the vision blocks and text layers keep HF's (out, in) layout unchanged, and each
+  block or layer keeps its own arrays (a list of per-layer dicts), run by an unrolled loop.
+  Decoding reads every text weight once per token. On XLA's CPU backend a (1, in) x (out, in)
+  product runs near memory bandwidth, but slicing one layer out of a stacked array inside a loop
+  copies it first, and for bfloat16 converts it to float32. Measured on a 2-core x86 machine
+  (AVX-512), 28 layers of 2048 x 6144 float32 weights took 45 ms per step from per-layer arrays
+  and 240 ms under `lax.scan` over a stacked array. The 2B vision tower in bfloat16 took 1.1 s
+  under `lax.scan` and 0.32 s unrolled.
+  Splitting the heads out of the matrices (a 3D operand) made the same products 10 times
+  slower there, so heads are split from the activations after each product instead;
+* the patch embed and the mergers are (in, out) kernels; the three DeepStack mergers are stacked
+  and run under `vmap`.
 """
 
 from __future__ import annotations
@@ -64,16 +66,6 @@ def _transpose(x):
     return x.T
 
 
-def _split_out(*shape):
-    """Transpose an HF (out, in) matrix to (in, out) and split the out axis into `shape`."""
-    return lambda x: x.T.reshape(x.shape[1], *shape)
-
-
-def _split_in(*shape):
-    """Transpose an HF (out, in) matrix to (in, out) and split the in axis into `shape`."""
-    return lambda x: x.T.reshape(*shape, x.shape[0])
-
-
 def _linear(path, name, n_in, n_out, bias=True, count=0):
     params = [Param((*path, "kernel"), f"{name}.weight", (n_out, n_in), _transpose, count)]
     if bias:
@@ -100,26 +92,31 @@ def _merger(path, name, config: ModelConfig, norm_width, count=0):
 
 def declare_vision_params(config: ModelConfig) -> list[Param]:
     v = config.vision
-    hidden, heads, head_dim = v.hidden_size, v.num_heads, v.head_dim
+    hidden = v.hidden_size
     block = "model.visual.blocks.{i}"
-    stacked = dict(count=v.depth)
+    per_block = dict(count=v.depth, stacked=False)
+
+    def block_param(name, hf_suffix, shape):
+        return Param(("vision", "blocks", name), f"{block}.{hf_suffix}", shape, **per_block)
+
     return [
         Param(("vision", "patch_embed", "kernel"), "model.visual.patch_embed.proj.weight",
               (hidden, v.in_channels, v.temporal_patch_size, v.patch_size, v.patch_size),
               lambda x: x.reshape(x.shape[0], -1).T),
         Param(("vision", "patch_embed", "bias"), "model.visual.patch_embed.proj.bias", (hidden,)),
         Param(("vision", "pos_embed"), "model.visual.pos_embed.weight", (v.num_position_embeddings, hidden)),
-        *_layer_norm(("vision", "blocks", "norm1"), f"{block}.norm1", hidden, **stacked),
-        *_layer_norm(("vision", "blocks", "norm2"), f"{block}.norm2", hidden, **stacked),
-        Param(("vision", "blocks", "qkv", "kernel"), f"{block}.attn.qkv.weight", (3 * hidden, hidden),
-              _split_out(3, heads, head_dim), **stacked),
-        Param(("vision", "blocks", "qkv", "bias"), f"{block}.attn.qkv.bias", (3 * hidden,),
-              lambda x: x.reshape(3, heads, head_dim), **stacked),
-        Param(("vision", "blocks", "proj", "kernel"), f"{block}.attn.proj.weight", (hidden, hidden),
-              _split_in(heads, head_dim), **stacked),
-        Param(("vision", "blocks", "proj", "bias"), f"{block}.attn.proj.bias", (hidden,), **stacked),
-        *_linear(("vision", "blocks", "fc1"), f"{block}.mlp.linear_fc1", hidden, v.intermediate_size, **stacked),
-        *_linear(("vision", "blocks", "fc2"), f"{block}.mlp.linear_fc2", v.intermediate_size, hidden, **stacked),
+        block_param("norm1_scale", "norm1.weight", (hidden,)),
+        block_param("norm1_bias", "norm1.bias", (hidden,)),
+        block_param("qkv", "attn.qkv.weight", (3 * hidden, hidden)),
+        block_param("qkv_bias", "attn.qkv.bias", (3 * hidden,)),
+        block_param("proj", "attn.proj.weight", (hidden, hidden)),
+        block_param("proj_bias", "attn.proj.bias", (hidden,)),
+        block_param("norm2_scale", "norm2.weight", (hidden,)),
+        block_param("norm2_bias", "norm2.bias", (hidden,)),
+        block_param("fc1", "mlp.linear_fc1.weight", (v.intermediate_size, hidden)),
+        block_param("fc1_bias", "mlp.linear_fc1.bias", (v.intermediate_size,)),
+        block_param("fc2", "mlp.linear_fc2.weight", (hidden, v.intermediate_size)),
+        block_param("fc2_bias", "mlp.linear_fc2.bias", (hidden,)),
         *_merger(("vision", "merger"), "model.visual.merger", config, hidden),
         *_merger(("vision", "deepstack"), "model.visual.deepstack_merger_list.{i}", config,
                  hidden * v.merge_unit, count=len(v.deepstack_visual_indexes)),

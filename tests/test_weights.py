@@ -39,11 +39,6 @@ def our_params(checkpoint: Path, dtype: str) -> dict:
     return load_params(checkpoint, ModelConfig.from_dir(checkpoint), dtype=dtype)
 
 
-def split_in_heads(weight: np.ndarray, heads: int) -> np.ndarray:
-    """(out, heads * head_dim) -> (heads, head_dim, out): column h*head_dim + k becomes [h, k, :]."""
-    return weight.reshape(weight.shape[0], heads, -1).transpose(1, 2, 0)
-
-
 def identity(x: np.ndarray) -> np.ndarray:
     return x
 
@@ -62,15 +57,13 @@ def expected_layouts(config: ModelConfig, layer: int, block: int) -> list[tuple[
          lambda x: x.reshape(x.shape[0], -1).T),
         (("vision", "patch_embed", "bias"), "model.visual.patch_embed.proj.bias", identity),
         (("vision", "pos_embed"), "model.visual.pos_embed.weight", identity),
-        (("vision", "blocks", "norm1", "scale", block), f"{vis}.norm1.weight", identity),
-        (("vision", "blocks", "qkv", "kernel", block), f"{vis}.attn.qkv.weight",
-         lambda x: x.reshape(3, v.num_heads, v.head_dim, v.hidden_size).transpose(3, 0, 1, 2)),
-        (("vision", "blocks", "qkv", "bias", block), f"{vis}.attn.qkv.bias",
-         lambda x: x.reshape(3, v.num_heads, v.head_dim)),
-        (("vision", "blocks", "proj", "kernel", block), f"{vis}.attn.proj.weight",
-         lambda x: split_in_heads(x, v.num_heads)),
-        (("vision", "blocks", "fc1", "kernel", block), f"{vis}.mlp.linear_fc1.weight", transpose),
-        (("vision", "blocks", "fc2", "bias", block), f"{vis}.mlp.linear_fc2.bias", identity),
+        # Vision block and text layer matrices keep HF's (out, in) layout unchanged.
+        (("vision", "blocks", block, "norm1_scale"), f"{vis}.norm1.weight", identity),
+        (("vision", "blocks", block, "qkv"), f"{vis}.attn.qkv.weight", identity),
+        (("vision", "blocks", block, "qkv_bias"), f"{vis}.attn.qkv.bias", identity),
+        (("vision", "blocks", block, "proj"), f"{vis}.attn.proj.weight", identity),
+        (("vision", "blocks", block, "fc1"), f"{vis}.mlp.linear_fc1.weight", identity),
+        (("vision", "blocks", block, "fc2_bias"), f"{vis}.mlp.linear_fc2.bias", identity),
         (("vision", "merger", "norm", "scale"), "model.visual.merger.norm.weight", identity),
         (("vision", "merger", "fc1", "kernel"), "model.visual.merger.linear_fc1.weight", transpose),
         (("vision", "deepstack", "norm", "scale", 1), "model.visual.deepstack_merger_list.1.norm.weight", identity),
@@ -78,7 +71,6 @@ def expected_layouts(config: ModelConfig, layer: int, block: int) -> list[tuple[
          transpose),
         (("text", "embed"), "model.language_model.embed_tokens.weight", identity),
         (("text", "layers", layer, "input_norm"), f"{txt}.input_layernorm.weight", identity),
-        # Text matrices keep HF's (out, in) layout unchanged.
         (("text", "layers", layer, "q"), f"{txt}.self_attn.q_proj.weight", identity),
         (("text", "layers", layer, "k"), f"{txt}.self_attn.k_proj.weight", identity),
         (("text", "layers", layer, "v"), f"{txt}.self_attn.v_proj.weight", identity),
@@ -91,7 +83,7 @@ def expected_layouts(config: ModelConfig, layer: int, block: int) -> list[tuple[
 
 
 def lookup(tree: dict, path: tuple) -> np.ndarray:
-    """Follow the keys of `path`. An int selects a text layer (a list) or a vision block (a stacked axis)."""
+    """Follow the keys of `path`. An int selects a text layer, a vision block or a DeepStack merger."""
     node = tree
     for key in path:
         node = node[key]
@@ -130,10 +122,11 @@ def test_stacked_layers_keep_file_order(request, name):
     for i, layer in enumerate(layers):
         norm = np.asarray(layer["post_attention_norm"])
         np.testing.assert_array_equal(norm, hf[f"model.language_model.layers.{i}.post_attention_layernorm.weight"])
-    fc1_bias = np.asarray(params["vision"]["blocks"]["fc1"]["bias"])
-    assert fc1_bias.shape[0] == config.vision.depth
-    for i in range(config.vision.depth):
-        np.testing.assert_array_equal(fc1_bias[i], hf[f"model.visual.blocks.{i}.mlp.linear_fc1.bias"])
+    blocks = params["vision"]["blocks"]
+    assert len(blocks) == config.vision.depth
+    for i, block in enumerate(blocks):
+        fc1_bias = np.asarray(block["fc1_bias"])
+        np.testing.assert_array_equal(fc1_bias, hf[f"model.visual.blocks.{i}.mlp.linear_fc1.bias"])
 
 
 def test_untied_lm_head_is_loaded(tiny_untied):
