@@ -29,6 +29,20 @@ class StepClock(StoppingCriteria):
         return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
 
 
+def _peak_rss_gb() -> float:
+    """Return this process's peak resident memory in GB.
+
+    Linux keeps ru_maxrss across exec, so a worker started by a larger parent would report the
+    parent's peak. VmHWM in /proc belongs to the worker's own address space.
+    """
+    status = Path("/proc/self/status")
+    if status.exists():
+        for line in status.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024 / 1e9  # the value is in KiB
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e9  # in bytes on macOS
+
+
 def _median_time(function, repeats: int) -> float:
     times = []
     for _ in range(repeats):
@@ -86,7 +100,7 @@ def measure(checkpoint: Path, inputs_path: Path, dtype: str, decode_tokens: int,
         # The first timestamp follows the prefill and first token; the rest are cached decoding steps.
         steps = len(clock.times) - 1
         metrics[f"decode_tokens_per_s_batch{batch}"] = batch * steps / (clock.times[-1] - clock.times[0])
-    metrics["peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9
+    metrics["peak_rss_gb"] = _peak_rss_gb()
     metrics["device"] = device
     return metrics
 
