@@ -166,7 +166,7 @@ def load_image(path: str | os.PathLike) -> PIL.Image.Image:
     """
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"image file not found: {path}")
+        raise FileNotFoundError(f"image file not found: {path}; check the path and the working directory")
     if path.is_dir():
         raise ImageError(f"image path {path} is a directory, not a regular file; pass the path of an image file")
     if not path.is_file():

@@ -152,7 +152,7 @@ def _summary_line(generation, compiled: int) -> str:
     count = len(generation.token_ids)
     speed = generation.decode_tokens_per_second
     decode = f"decode {speed:.1f} tokens/s" if math.isfinite(speed) else "decode speed not measured (under 3 tokens)"
-    compile_note = f", {compiled} XLA compilations included" if compiled else ", nothing compiled"
+    compile_note = f", {compiled} XLA compilations (counted in the times)" if compiled else ", nothing compiled"
     return (f"{count} token{'s' if count != 1 else ''} ({generation.stop_reason}); "
             f"prompt {generation.prompt_tokens} tokens, prefill {generation.prefill_seconds:.2f} s, "
             f"{decode}{compile_note}")
