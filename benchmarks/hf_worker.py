@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import sys
 import time
 from pathlib import Path
@@ -12,6 +11,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from transformers import Qwen3VLForConditionalGeneration, StoppingCriteria, StoppingCriteriaList
+
+from qwen3vl.bench import median_time, peak_rss_gb
 
 TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
@@ -27,29 +28,6 @@ class StepClock(StoppingCriteria):
         self.sync()
         self.times.append(time.perf_counter())
         return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
-
-
-def _peak_rss_gb() -> float:
-    """Return this process's peak resident memory in GB.
-
-    Linux keeps ru_maxrss across exec, so a worker started by a larger parent would report the
-    parent's peak. VmHWM in /proc belongs to the worker's own address space.
-    """
-    status = Path("/proc/self/status")
-    if status.exists():
-        for line in status.read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024 / 1e9  # the value is in KiB
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e9  # in bytes on macOS
-
-
-def _median_time(function, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        function()
-        times.append(time.perf_counter() - start)
-    return float(np.median(times))
 
 
 def measure(checkpoint: Path, inputs_path: Path, dtype: str, decode_tokens: int, batches: list[int],
@@ -86,9 +64,9 @@ def measure(checkpoint: Path, inputs_path: Path, dtype: str, decode_tokens: int,
         sync()
 
     encode()
-    vision_seconds = _median_time(encode, 3)
+    vision_seconds = median_time(encode, 3)
     prefill(single)
-    prefill_seconds = _median_time(lambda: prefill(single), 3)
+    prefill_seconds = median_time(lambda: prefill(single), 3)
     metrics = {"load_seconds": load_seconds, "vision_ms": 1e3 * vision_seconds, "prefill_ms": 1e3 * prefill_seconds}
 
     for batch in batches:
@@ -100,7 +78,7 @@ def measure(checkpoint: Path, inputs_path: Path, dtype: str, decode_tokens: int,
         # The first timestamp follows the prefill and first token; the rest are cached decoding steps.
         steps = len(clock.times) - 1
         metrics[f"decode_tokens_per_s_batch{batch}"] = batch * steps / (clock.times[-1] - clock.times[0])
-    metrics["peak_rss_gb"] = _peak_rss_gb()
+    metrics["peak_rss_gb"] = peak_rss_gb()
     metrics["device"] = device
     return metrics
 

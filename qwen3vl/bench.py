@@ -148,7 +148,7 @@ def measure_bandwidth(gib: int = 1) -> dict[str, float]:
     return {"copy_gb_per_s": copy_rate, "jax_sum_gb_per_s": sum_rate, "gb_per_s": max(copy_rate, sum_rate)}
 
 
-def _peak_rss_gb() -> float:
+def peak_rss_gb() -> float:
     """Return this process's peak resident memory in GB.
 
     Linux keeps ru_maxrss across exec, so a worker started by a larger parent would report the
@@ -162,7 +162,8 @@ def _peak_rss_gb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e9  # in bytes on macOS
 
 
-def _median_time(function, repeats: int) -> float:
+def median_time(function, repeats: int) -> float:
+    """Return the median wall time, in seconds, of `repeats` calls of `function`."""
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
@@ -205,8 +206,8 @@ def jax_worker(checkpoint: Path, inputs_path: Path, dtype: str, decode_tokens: i
     encode()
     prefill()
     first_prefill = time.perf_counter() - start
-    vision_seconds = _median_time(encode, 3)
-    prefill_seconds = _median_time(prefill, 3)
+    vision_seconds = median_time(encode, 3)
+    prefill_seconds = median_time(prefill, 3)
     metrics = {"load_seconds": load_seconds, "vision_ms": 1e3 * vision_seconds, "prefill_ms": 1e3 * prefill_seconds}
 
     for batch in batches:
@@ -218,8 +219,8 @@ def jax_worker(checkpoint: Path, inputs_path: Path, dtype: str, decode_tokens: i
             return time.perf_counter() - start
 
         first_call = generate(decode_tokens)  # compiles this batch shape
-        one_token = _median_time(lambda: generate(1), 2)
-        all_tokens = _median_time(lambda: generate(decode_tokens), 2)
+        one_token = median_time(lambda: generate(1), 2)
+        all_tokens = median_time(lambda: generate(decode_tokens), 2)
         # Like the HF side: the first token comes with the prefill, the rest are decoding steps.
         metrics[f"decode_tokens_per_s_batch{batch}"] = batch * (decode_tokens - 1) / (all_tokens - one_token)
         if batch == batches[0]:
@@ -230,7 +231,7 @@ def jax_worker(checkpoint: Path, inputs_path: Path, dtype: str, decode_tokens: i
     metrics["compilations"] = compilations()
     text_bytes = param_bytes(params["text"])
     metrics["decode_weight_bytes"] = text_bytes
-    metrics["peak_rss_gb"] = _peak_rss_gb()
+    metrics["peak_rss_gb"] = peak_rss_gb()
     metrics["device"] = str(jax.devices()[0])
     return metrics
 
