@@ -21,12 +21,13 @@ import jax.numpy as jnp
 
 
 @functools.cache
-def _on_cpu() -> bool:
+def on_cpu() -> bool:
+    """Return whether JAX's default backend is the CPU."""
     return jax.default_backend() == "cpu"
 
 
 def _low_precision_on_cpu(dtype) -> bool:
-    return _on_cpu() and jnp.dtype(dtype) in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
+    return on_cpu() and jnp.dtype(dtype) in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
 
 
 def einsum(spec: str, x, w):
